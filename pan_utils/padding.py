@@ -1,0 +1,320 @@
+"""Where convolutions get padded, how much on each side, and switching the policy.
+
+Padding hides in many places: a conv's own ``padding``/``padding_mode``, the string
+``'same'``, timm's ``Conv2dSame`` (TF-SAME computed in forward), an explicit
+``ZeroPad2d`` in front of a conv, or a pad module owned by the conv itself
+(EfficientNet-Lite's ``Conv2dStaticSamePadding``). Discovery runs one tiny forward pass
+so that tensor identity tells which pad feeds which conv and which BatchNorm consumes
+which conv, and so that size-dependent padding is computed for the size being probed.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("zeros", "reflect", "replicate", "circular")
+SIDES = ("T", "B", "L", "R")
+CORNERS = ("TL", "TR", "BL", "BR")
+REGIONS = SIDES + CORNERS
+
+# Classes that compute TF-SAME padding from the input size inside forward.
+DYNAMIC_SAME = ("Conv2dSame", "Conv2dDynamicSamePadding")
+_PAD_TYPES = (
+    nn.ZeroPad2d,
+    nn.ConstantPad2d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
+    nn.CircularPad2d,
+)
+_PAD_CLASS = {
+    "zeros": nn.ZeroPad2d,
+    "reflect": nn.ReflectionPad2d,
+    "replicate": nn.ReplicationPad2d,
+    "circular": nn.CircularPad2d,
+}
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TF-SAME padding (before, after) for one dimension: extra pixel goes after."""
+    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _pad_module_mode(pad: nn.Module) -> str:
+    if isinstance(pad, nn.ReflectionPad2d):
+        return "reflect"
+    if isinstance(pad, nn.ReplicationPad2d):
+        return "replicate"
+    if isinstance(pad, nn.CircularPad2d):
+        return "circular"
+    if isinstance(pad, nn.ConstantPad2d) and float(pad.value) != 0.0:
+        return f"constant({pad.value:g})"
+    return "zeros"
+
+
+def _pad_module_sides(pad: nn.Module) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) from torch's (left, right, top, bottom) order."""
+    p = pad.padding
+    if isinstance(p, int):
+        return (p, p, p, p)
+    left, right, top, bottom = (int(v) for v in p)
+    return (top, bottom, left, right)
+
+
+@dataclass
+class ConvSite:
+    """One 2-D convolution as seen on one forward pass at one input size."""
+
+    name: str
+    module: nn.Conv2d
+    order: int
+    kind: str  # conv | same | dynamic_same | pad_module | child_pad | none
+    mode: str
+    pads: tuple[int, int, int, int]  # top, bottom, left, right at this input size
+    in_hw: tuple[int, int]  # input size before padding
+    out_hw: tuple[int, int]
+    pad_module: str | None = None
+    input_is_padded: bool = False  # True when a separate pad module already padded the input
+    bn: str | None = None
+    bn_sign: torch.Tensor | None = None  # per output channel, +1/-1
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return _pair(self.module.kernel_size)
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        return _pair(self.module.stride)
+
+    @property
+    def dilation(self) -> tuple[int, int]:
+        return _pair(self.module.dilation)
+
+    @property
+    def is_candidate(self) -> bool:
+        """Padded with a static value on some side where the kernel is larger than 1."""
+        (kh, kw), (t, b, l, r) = self.kernel, self.pads
+        return (kh > 1 and (t > 0 or b > 0)) or (kw > 1 and (l > 0 or r > 0))
+
+    def band_widths(self, in_hw: tuple[int, int] | None = None, out_hw: tuple[int, int] | None = None):
+        """Output rows/cols per side (top, bottom, left, right) whose window reads padding."""
+        h, w = in_hw or self.in_hw
+        ho, wo = out_hw or self.out_hw
+        t, b, l, r = self.pads
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        top, bottom = _bands(h, ho, t, kh, sh, dh) if kh > 1 else (0, 0)
+        left, right = _bands(w, wo, l, kw, sw, dw) if kw > 1 else (0, 0)
+        return top, bottom, left, right
+
+    def row(self) -> dict:
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        t, b, l, r = self.pads
+        bt, bb, bl, br = self.band_widths()
+        return {
+            "layer": self.name,
+            "order": self.order,
+            "module_type": type(self.module).__name__,
+            "padding_kind": self.kind,
+            "padding_mode": self.mode,
+            "pad_module": self.pad_module,
+            "pad_top": t, "pad_bottom": b, "pad_left": l, "pad_right": r,
+            "kernel_h": kh, "kernel_w": kw, "stride_h": sh, "stride_w": sw,
+            "dilation_h": dh, "dilation_w": dw, "groups": self.module.groups,
+            "in_channels": self.module.in_channels, "out_channels": self.module.out_channels,
+            "in_h": self.in_hw[0], "in_w": self.in_hw[1],
+            "out_h": self.out_hw[0], "out_w": self.out_hw[1],
+            "band_top": bt, "band_bottom": bb, "band_left": bl, "band_right": br,
+            "batchnorm": self.bn,
+            "candidate": self.is_candidate,
+        }
+
+
+def _bands(size: int, out: int, before: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """Number of output positions whose window starts before 0 / ends after size-1."""
+    first = min(out, -(-before // s))  # i*s < before  <=>  i < ceil(before/s)
+    last_inside = (before + size - 1 - (k - 1) * d)  # i*s <= this keeps the window inside
+    n_inside_end = 0 if last_inside < 0 else min(out, last_inside // s + 1)
+    return first, out - n_inside_end
+
+
+def _static_pads(conv: nn.Conv2d) -> tuple[str, tuple[int, int, int, int]]:
+    kh, kw = _pair(conv.kernel_size)
+    dh, dw = _pair(conv.dilation)
+    if conv.padding == "valid":
+        return "conv", (0, 0, 0, 0)
+    if conv.padding == "same":
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        return "same", (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    ph, pw = _pair(conv.padding)
+    return "conv", (ph, ph, pw, pw)
+
+
+def _child_pad(conv: nn.Module) -> tuple[str, nn.Module] | None:
+    for name, child in conv.named_children():
+        if isinstance(child, _PAD_TYPES):
+            return name, child
+    return None
+
+
+def discover(model: nn.Module, input_size: int | tuple[int, int], *, batch: int = 2,
+             device: torch.device | str | None = None) -> list[ConvSite]:
+    """Every Conv2d of ``model`` with its padding per side at ``input_size``.
+
+    One forward pass on a zero batch; all hooks are removed before returning and the
+    model's train/eval state is restored.
+    """
+    h, w = _pair(input_size)
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    names = {m: n for n, m in model.named_modules()}
+    pad_out: dict[int, tuple[str, nn.Module, torch.Tensor]] = {}
+    conv_out: dict[int, tuple[ConvSite, torch.Tensor]] = {}
+    sites: dict[nn.Module, ConvSite] = {}
+    handles = []
+
+    def pad_hook(mod, inp, out):
+        pad_out[id(out)] = (names[mod], mod, out)
+
+    def conv_hook(mod, inp, out):
+        if mod in sites:  # weight sharing: keep the first call's geometry
+            return
+        x = inp[0]
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        src = pad_out.get(id(x))
+        child = _child_pad(mod)
+        kh, kw = _pair(mod.kernel_size)
+        sh, sw = _pair(mod.stride)
+        dh, dw = _pair(mod.dilation)
+        pad_module, padded = None, False
+        if type(mod).__name__ in DYNAMIC_SAME:
+            kind, mode = "dynamic_same", "zeros"
+            pads = same_padding(hw[0], kh, sh, dh) + same_padding(hw[1], kw, sw, dw)
+        elif child is not None:
+            kind, pad_module = "child_pad", f"{names[mod]}.{child[0]}"
+            mode, pads = _pad_module_mode(child[1]), _pad_module_sides(child[1])
+        elif src is not None and src[2] is x and _static_pads(mod)[1] == (0, 0, 0, 0):
+            kind, pad_module, padded = "pad_module", src[0], True
+            mode, pads = _pad_module_mode(src[1]), _pad_module_sides(src[1])
+            hw = (hw[0] - pads[0] - pads[1], hw[1] - pads[2] - pads[3])
+        else:
+            kind, pads = _static_pads(mod)
+            mode = mod.padding_mode
+        if pads == (0, 0, 0, 0):
+            kind = "none"
+        site = ConvSite(names[mod], mod, len(sites), kind, mode, pads, hw,
+                        (int(out.shape[-2]), int(out.shape[-1])), pad_module, padded)
+        sites[mod] = site
+        conv_out[id(out)] = (site, out)
+
+    def bn_hook(mod, inp):
+        hit = conv_out.get(id(inp[0]))
+        if hit is not None and hit[1] is inp[0] and hit[0].bn is None:
+            hit[0].bn = names[mod]
+            weight = mod.weight if mod.affine else torch.ones(mod.num_features)
+            hit[0].bn_sign = torch.where(weight.detach() < 0, -1.0, 1.0).float().cpu()
+
+    for m in model.modules():
+        if isinstance(m, _PAD_TYPES):
+            handles.append(m.register_forward_hook(pad_hook))
+        elif isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            handles.append(m.register_forward_pre_hook(bn_hook))
+    was_training = model.training
+    try:
+        model.eval()
+        in_ch = _input_channels(model)
+        with torch.inference_mode():
+            model(torch.zeros(batch, in_ch, h, w, device=device))
+    finally:
+        for hd in handles:
+            hd.remove()
+        model.train(was_training)
+    return list(sites.values())
+
+
+def _input_channels(model: nn.Module) -> int:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return 3
+
+
+def padded_convs(model: nn.Module, input_size: int | tuple[int, int] = 224, *,
+                 all_convs: bool = False) -> pd.DataFrame:
+    """One row per candidate conv (DESIGN 4.1) with its padding per side at ``input_size``."""
+    rows = [s.row() for s in discover(model, input_size) if all_convs or s.is_candidate]
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def _fpad_mode(mode: str) -> str:
+    return "constant" if mode == "zeros" else mode
+
+
+def _dynamic_same_forward(conv: nn.Conv2d, mode: str):
+    kh, kw = _pair(conv.kernel_size)
+    sh, sw = _pair(conv.stride)
+    dh, dw = _pair(conv.dilation)
+    fmode = _fpad_mode(mode)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        t, b = same_padding(x.shape[-2], kh, sh, dh)
+        l, r = same_padding(x.shape[-1], kw, sw, dw)
+        x = F.pad(x, (l, r, t, b), mode=fmode)
+        return F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+    return forward
+
+
+@contextmanager
+def padding_policy(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Switch every padding of ``model`` to ``mode``; restore it exactly on exit.
+
+    Covers conv ``padding``/``padding_mode`` (including ``'same'``), TF-SAME convs that
+    pad in forward, and every pad module (which are swapped for the pad module of the
+    new mode with the same widths). Weights are never touched.
+    """
+    if mode not in MODES:
+        raise ValueError(f"padding mode must be one of {', '.join(MODES)}; got {mode!r}")
+    undo: list = []
+    try:
+        for parent in list(model.modules()):
+            for cname, child in list(parent.named_children()):
+                if isinstance(child, _PAD_TYPES):
+                    new = _PAD_CLASS[mode](child.padding)
+                    new.train(child.training)
+                    setattr(parent, cname, new)
+                    undo.append(lambda p=parent, n=cname, c=child: setattr(p, n, c))
+        for m in list(model.modules()):
+            if not isinstance(m, nn.Conv2d):
+                continue
+            if type(m).__name__ in DYNAMIC_SAME:
+                had = "forward" in m.__dict__
+                old = m.__dict__.get("forward")
+                m.forward = _dynamic_same_forward(m, mode)
+                undo.append(lambda m=m, had=had, old=old: (setattr(m, "forward", old) if had
+                                                           else m.__dict__.pop("forward", None)))
+            elif _static_pads(m)[1] != (0, 0, 0, 0):
+                old_mode = m.padding_mode
+                m.padding_mode = mode
+                undo.append(lambda m=m, o=old_mode: setattr(m, "padding_mode", o))
+        yield model
+    finally:
+        for fn in reversed(undo):
+            fn()

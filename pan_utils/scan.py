@@ -1,0 +1,292 @@
+"""Score every candidate channel's border contrast and decide which are PANs (DESIGN 4.3-4.4).
+
+Forward hooks reduce each conv output to a few numbers per image and channel (band sums
+and interior sums), accumulated as running sums on the model's device: no feature map
+outlives its hook, so memory does not grow with the number of images, and nothing is
+copied to the host until the end.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .padding import CORNERS, REGIONS, SIDES, ConvSite, discover, padding_policy
+from .probes import iter_batches
+from .taxonomy import pan_type
+
+SIDE_NAMES = {"T": "top", "B": "bottom", "L": "left", "R": "right"}
+NULL_MODE = "circular"
+
+
+class ScanError(ValueError):
+    """A scan that cannot run (no candidate layer, probe too small, mixed sizes)."""
+
+
+@dataclass
+class _Accumulator:
+    """Running sums for one conv site under one padding mode."""
+
+    site: ConvSite
+    bands: tuple[int, int, int, int] | None = None  # top, bottom, left, right widths
+    out_hw: tuple[int, int] | None = None
+    sum_t: torch.Tensor | None = None  # (C, 8) sum over images of band mean - interior mean
+    n_pos: torch.Tensor | None = None  # (C, 8) images with t > 0
+    n_neg: torch.Tensor | None = None
+    s1: torch.Tensor | None = None  # (C,) interior sum over images and positions
+    s2: torch.Tensor | None = None  # (C,) interior sum of squares
+    n_images: int = 0
+
+    def geometry(self, x_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+        site = self.site
+        in_hw = x_hw
+        if site.input_is_padded:
+            t, b, l, r = site.pads
+            in_hw = (x_hw[0] - t - b, x_hw[1] - l - r)
+        if self.out_hw is None:
+            self.out_hw = out_hw
+            self.bands = site.band_widths(in_hw, out_hw)
+        elif self.out_hw != out_hw:
+            raise ScanError("all probe images of a scan must have the same size "
+                            f"(layer {site.name} saw {self.out_hw} and then {out_hw})")
+
+    def update(self, y: torch.Tensor) -> None:
+        t, b, l, r = self.bands
+        ho, wo = self.out_hw
+        hi, wi = ho - t - b, wo - l - r
+        acc = torch.float32
+        inner = y[:, :, t:ho - b, l:wo - r]
+        s_int = inner.sum(dim=(2, 3), dtype=acc)  # N, C
+        ss_int = torch.linalg.vector_norm(inner, dim=(0, 2, 3), dtype=acc).square()
+        top = y[:, :, :t].sum(dim=2, dtype=acc)  # N, C, W
+        bot = y[:, :, ho - b:].sum(dim=2, dtype=acc)
+        mid = slice(l, wo - r)
+        sums = torch.stack([
+            top[..., mid].sum(-1), bot[..., mid].sum(-1),
+            y[:, :, t:ho - b, :l].sum(dim=(2, 3), dtype=acc),
+            y[:, :, t:ho - b, wo - r:].sum(dim=(2, 3), dtype=acc),
+            top[..., :l].sum(-1), top[..., wo - r:].sum(-1),
+            bot[..., :l].sum(-1), bot[..., wo - r:].sum(-1),
+        ], dim=-1)  # N, C, 8 in REGIONS order
+        counts = torch.tensor([t * wi, b * wi, hi * l, hi * r, t * l, t * r, b * l, b * r],
+                              dtype=acc, device=y.device)
+        tn = sums / counts - (s_int / (hi * wi))[..., None]  # empty band: 0/0 -> nan
+        if self.sum_t is None:
+            c = y.shape[1]
+            z = dict(dtype=torch.float64, device=y.device)
+            self.sum_t, self.s1, self.s2 = torch.zeros(c, 8, **z), torch.zeros(c, **z), \
+                torch.zeros(c, **z)
+            self.n_pos = torch.zeros(c, 8, dtype=torch.int64, device=y.device)
+            self.n_neg = torch.zeros_like(self.n_pos)
+        self.sum_t += tn.sum(0)
+        self.n_pos += (tn > 0).sum(0)
+        self.n_neg += (tn < 0).sum(0)
+        self.s1 += s_int.sum(0)
+        self.s2 += ss_int
+        self.n_images += y.shape[0]
+
+    def table(self, mode: str) -> pd.DataFrame:
+        site = self.site
+        t, b, l, r = self.bands
+        ho, wo = self.out_hw
+        n_pos_int = (ho - t - b) * (wo - l - r) * self.n_images
+        mean_t = (self.sum_t / self.n_images).cpu().numpy()
+        mean_int = (self.s1 / n_pos_int).cpu().numpy()
+        var = (self.s2 / n_pos_int).cpu().numpy() - mean_int ** 2
+        sigma = np.sqrt(np.clip(var, 0, None))
+        # A channel constant in the interior has no scale to measure contrast against.
+        degenerate = sigma <= 1e-6 * (np.abs(mean_int) + 1e-6)
+        sign = (site.bn_sign.numpy() if site.bn_sign is not None
+                else np.ones(site.module.out_channels))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d = mean_t / np.where(degenerate, np.nan, sigma)[:, None] * sign[:, None]
+        pos, neg = self.n_pos.cpu().numpy(), self.n_neg.cpu().numpy()
+        consistency = np.where(mean_t > 0, pos, np.where(mean_t < 0, neg, 0)) / self.n_images
+        widths = {"T": t * (wo - l - r), "B": b * (wo - l - r), "L": (ho - t - b) * l,
+                  "R": (ho - t - b) * r, "TL": t * l, "TR": t * r, "BL": b * l, "BR": b * r}
+        channels = np.arange(d.shape[0])
+        frames = []
+        for k, region in enumerate(REGIONS):
+            applicable = widths[region] > 0 and n_pos_int > 0
+            frames.append(pd.DataFrame({
+                "layer": site.name, "order": site.order, "mode": mode, "channel": channels,
+                "side": region, "applicable": applicable, "band_positions": widths[region],
+                "mean_contrast": mean_t[:, k] * sign, "sigma_interior": sigma,
+                "d": d[:, k] if applicable else np.nan,
+                "consistency": consistency[:, k] if applicable else np.nan,
+                "bn_sign": sign.astype(int), "n_images": self.n_images,
+            }))
+        return pd.concat(frames, ignore_index=True)
+
+
+@contextmanager
+def _hooks(accs: dict[nn.Module, _Accumulator]) -> Iterator[None]:
+    def hook(mod, inp, out):
+        acc = accs[mod]
+        if acc.bands is None or acc.out_hw != tuple(out.shape[-2:]):
+            acc.geometry(tuple(inp[0].shape[-2:]), tuple(out.shape[-2:]))
+        acc.update(out)
+
+    handles = [m.register_forward_hook(hook) for m in accs]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def candidate_sites(model: nn.Module, input_size: tuple[int, int]) -> list[ConvSite]:
+    sites = [s for s in discover(model, input_size) if s.is_candidate]
+    return sites
+
+
+def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
+         device: str | torch.device | None = None, progress: bool = True,
+         desc: str = "scan", modes: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per (layer, channel, side/corner) with the statistics of DESIGN 4.3.
+
+    ``modes``: padding modes to score, 'native' meaning the model as it is; each batch
+    is run once per mode, so the images are read only once. ``null=True`` is shorthand
+    for ``modes=('native', 'circular')``. Columns: layer, order, depth, mode, channel,
+    side, applicable, band_positions, mean_contrast, sigma_interior, d (BatchNorm sign
+    folded in), consistency, bn_sign, n_images.
+    """
+    modes = tuple(modes) if modes else (("native", NULL_MODE) if null else ("native",))
+    device = torch.device(device) if device is not None else _device_of(model)
+    was_training = model.training
+    model.eval()
+    accs: dict[str, dict[nn.Module, _Accumulator]] | None = None
+    sites: list[ConvSite] = []
+    bar = tqdm(desc=desc, unit="img", disable=not progress, leave=False)
+    try:
+        with torch.inference_mode():
+            for x in iter_batches(images, batch_size):
+                x = x.to(device, non_blocking=True)
+                if accs is None:
+                    sites = candidate_sites(model, tuple(x.shape[-2:]))
+                    if not sites:
+                        raise ScanError("the model has no padded convolution with a kernel "
+                                        "larger than 1: nothing can detect the border")
+                    accs = {m: {s.module: _Accumulator(s) for s in sites} for m in modes}
+                for mode in modes:
+                    policy = nullcontext() if mode == "native" else padding_policy(model, mode)
+                    with policy, _hooks(accs[mode]):
+                        model(x)
+                bar.update(x.shape[0])
+    finally:
+        bar.close()
+        model.train(was_training)
+    if accs is None:
+        raise ScanError("no probe images were given")
+    n = max(len(sites) - 1, 1)
+    tables = [acc.table(mode) for mode in modes for acc in accs[mode].values()
+              if acc.n_images]
+    scores = pd.concat(tables, ignore_index=True)
+    scores.insert(2, "depth", scores["order"].map({s.order: s.order / n for s in sites}))
+    return scores
+
+
+def decide_pans(scores: pd.DataFrame, *, tau: float = 3.0, consistency: float = 0.95,
+                null_mode: str | None = NULL_MODE, mode: str = "native") -> pd.DataFrame:
+    """The decision rule of DESIGN 4.4 on a score table: one row per PAN.
+
+    A (channel, side) is significant when |d| >= tau, consistency >= q and, when the
+    table holds the null mode, |d_null| < tau. A channel with any significant side or
+    corner is a PAN. ``mode='circular', null_mode=None`` counts what the circular null
+    itself would call PANs.
+    """
+    sig = significant_regions(scores, tau=tau, consistency=consistency, null_mode=null_mode,
+                              mode=mode)
+    native = scores[scores["mode"] == mode]
+    pivot = native.pivot_table(index=["layer", "order", "depth", "channel"], columns="side",
+                               values="d", dropna=False)
+    sig_native = sig[sig["significant"]]
+    cols = ["layer", "order", "depth", "channel", "sides", "corners", "polarity", "type",
+            "score", "d_top", "d_bottom", "d_left", "d_right", "consistency"]
+    if sig_native.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for (layer, order, depth, channel), g in sig_native.groupby(
+            ["layer", "order", "depth", "channel"], sort=False):
+        present = set(g["side"])
+        sides = "".join(s for s in SIDES if s in present)
+        corners = ",".join(c for c in CORNERS if c in present)
+        signs = np.sign(g["d"].to_numpy())
+        polarity = "+" if (signs > 0).all() else "-" if (signs < 0).all() else "mixed"
+        d = pivot.loc[(layer, order, depth, channel)]
+        rows.append({
+            "layer": layer, "order": order, "depth": depth, "channel": int(channel),
+            "sides": sides, "corners": corners, "polarity": polarity,
+            "type": pan_type(sides, corners),
+            "score": float(g["d"].abs().max()),
+            **{f"d_{SIDE_NAMES[s]}": float(d.get(s, np.nan)) for s in SIDES},
+            "consistency": float(g["consistency"].min()),
+        })
+    return pd.DataFrame(rows, columns=cols).sort_values(["order", "channel"],
+                                                        ignore_index=True)
+
+
+def significant_regions(scores: pd.DataFrame, *, tau: float = 3.0, consistency: float = 0.95,
+                        null_mode: str | None = NULL_MODE, mode: str = "native"
+                        ) -> pd.DataFrame:
+    """Rows of ``mode`` with ``d_null`` and a boolean ``significant`` column."""
+    native = scores[scores["mode"] == mode].copy()
+    keys = ["layer", "channel", "side"]
+    if null_mode is not None and (scores["mode"] == null_mode).any():
+        nulls = scores.loc[scores["mode"] == null_mode, keys + ["d"]].rename(
+            columns={"d": "d_null"})
+        native = native.merge(nulls, on=keys, how="left")
+        null_ok = ~(native["d_null"].abs() >= tau)  # nan (no null band) passes
+    else:
+        native["d_null"] = np.nan
+        null_ok = True
+    native["significant"] = (native["applicable"] & (native["d"].abs() >= tau)
+                             & (native["consistency"] >= consistency) & null_ok)
+    return native
+
+
+def pan_counts_by_tau(scores: pd.DataFrame, taus: Iterable[float], *,
+                      consistency: float = 0.95, null_mode: str | None = NULL_MODE,
+                      mode: str = "native") -> pd.DataFrame:
+    """PAN count per threshold: the sensitivity curve of DESIGN 4.4."""
+    rows = []
+    for tau in taus:
+        sig = significant_regions(scores, tau=tau, consistency=consistency,
+                                  null_mode=null_mode, mode=mode)
+        n = sig.loc[sig["significant"], ["layer", "channel"]].drop_duplicates().shape[0]
+        rows.append({"tau": float(tau), "pans": n})
+    return pd.DataFrame(rows)
+
+
+def find_pans(model: nn.Module, images, tau: float = 3.0, consistency: float = 0.95, *,
+              null: bool = True, batch_size: int = 32,
+              device: str | torch.device | None = None, progress: bool = True,
+              return_scores: bool = False):
+    """PANs of ``model`` on ``images``: one row per PAN (DESIGN 6).
+
+    With ``null=True`` (default) each batch also runs under circular padding and sides
+    that keep their contrast there are discarded. ``return_scores=True`` returns
+    ``(pans, scores)``.
+    """
+    if not (tau > 0 and math.isfinite(tau)):
+        raise ScanError(f"tau must be a positive number; got {tau}")
+    if not 0 <= consistency <= 1:
+        raise ScanError(f"consistency must be in [0, 1]; got {consistency}")
+    scores = scan(model, images, null=null, batch_size=batch_size, device=device,
+                  progress=progress, desc="find_pans")
+    pans = decide_pans(scores, tau=tau, consistency=consistency,
+                       null_mode=NULL_MODE if null else None)
+    return (pans, scores) if return_scores else pans
