@@ -195,3 +195,26 @@ def test_same_string_padding_widths_match_torch(mode):
     fmode = "constant" if mode == "zeros" else mode
     want = F.conv2d(F.pad(x, (1, 2, 1, 2), mode=fmode), conv.weight, conv.bias)
     assert torch.allclose(_outputs(conv, x), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 1, 2, 0), (2, 3, 1, 2)])
+def test_channels_last_padding_equals_f_pad(mode, pads):
+    from pan_utils.padding import pad_like
+
+    x = torch.randn(2, 5, 6, 7).contiguous(memory_format=torch.channels_last)
+    y = pad_like(x, pads, mode)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, F.pad(x, pads, mode="constant" if mode == "zeros" else mode))
+
+
+def test_nested_policies_restore_in_order():
+    model = AllForms().eval()
+    x = torch.randn(1, 3, 32, 32)
+    y0 = _outputs(model, x)
+    with padding_policy(model, "reflect"):
+        y_reflect = _outputs(model, x)
+        with padding_policy(model, "circular"):
+            assert not torch.equal(_outputs(model, x), y_reflect)
+        assert torch.equal(_outputs(model, x), y_reflect)
+    assert torch.equal(_outputs(model, x), y0)

@@ -117,7 +117,8 @@ class TwoConvs(nn.Module):
         return self.b(torch.relu(self.bn(self.a(x))))
 
 
-def test_streaming_statistics_equal_brute_force():
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_streaming_statistics_equal_brute_force(channels_last):
     torch.manual_seed(0)
     net = TwoConvs().eval()
     with torch.no_grad():
@@ -132,7 +133,8 @@ def test_streaming_statistics_equal_brute_force():
         net(x)
     for h in hooks:
         h.remove()
-    scores = scan(net, x, batch_size=7, progress=False)  # uneven batches on purpose
+    scores = scan(net, x, batch_size=7, progress=False,  # uneven batches on purpose
+                  channels_last=channels_last)
     sites = {s.name: s for s in discover(net, (30, 27))}
     for name, sign in (("a", torch.tensor([1.0, -1.0, 1.0, -1.0])), ("b", torch.ones(6))):
         y = torch.cat(stored[name]).numpy()
