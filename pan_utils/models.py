@@ -147,7 +147,7 @@ def _resolve(name: str) -> tuple[str, str]:
 
     if timm.is_model(name) or (("." in name) and timm.is_model(name.split(".")[0])):
         return "timm", name
-    names = list(OFFLINE_MODELS) + _torchvision_names() + _timm_names()
+    names = list(dict.fromkeys(list(OFFLINE_MODELS) + _torchvision_names() + _timm_names()))
     close = difflib.get_close_matches(name, names, n=6, cutoff=0.6)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     raise ModelError(f"unknown model {name!r}{hint} (python -m pan_utils models lists all)")

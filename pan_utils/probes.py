@@ -210,13 +210,19 @@ class ImageFolderProbe:
 def iter_batches(images, batch_size: int = 32) -> Iterator[torch.Tensor]:
     """Image batches from a tensor, a probe object or an iterable of batches.
 
-    Items may be tensors or (tensor, labels) pairs; only the images are yielded.
+    Items may be tensors or (tensor, labels) pairs; only the images are yielded. A tensor
+    is cut so that no batch holds a single image (unless it has only one): a last lone
+    image joins the batch before it, since some models cannot run a batch of 1.
     """
     if isinstance(images, torch.Tensor):
         if images.ndim != 4:
             raise ProbeError(f"images must be N×C×H×W; got shape {tuple(images.shape)}")
-        for i in range(0, images.shape[0], batch_size):
-            yield images[i:i + batch_size]
+        n = images.shape[0]
+        starts = list(range(0, n, batch_size))
+        if batch_size > 1 and len(starts) > 1 and n - starts[-1] == 1:
+            starts.pop()
+        for k, i in enumerate(starts):
+            yield images[i:starts[k + 1] if k + 1 < len(starts) else n]
         return
     source: Iterable = images.batches(batch_size) if hasattr(images, "batches") else images
     for item in source:

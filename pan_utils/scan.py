@@ -44,6 +44,7 @@ class _Accumulator:
     s1: torch.Tensor | None = None  # (C,) interior sum over images and positions
     s2: torch.Tensor | None = None  # (C,) interior sum of squares
     n_images: int = 0
+    no_interior: bool = False
 
     def geometry(self, x_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
         site = self.site
@@ -53,7 +54,11 @@ class _Accumulator:
             in_hw = (x_hw[0] - t - b, x_hw[1] - l - r)
         if self.out_hw is None:
             self.out_hw = out_hw
-            self.bands = site.band_widths(in_hw, out_hw)
+            t, b, l, r = site.band_widths(in_hw, out_hw)
+            if t + b >= out_hw[0] or l + r >= out_hw[1]:
+                t = b = l = r = 0  # all border (tiny map): no interior, nothing scored
+                self.no_interior = True
+            self.bands = (t, b, l, r)
         elif self.out_hw != out_hw:
             raise ScanError("all probe images of a scan must have the same size "
                             f"(layer {site.name} saw {self.out_hw} and then {out_hw})")
@@ -61,6 +66,9 @@ class _Accumulator:
     def update(self, y: torch.Tensor) -> None:
         # Whole-map sums are cheap, contiguous passes; the thin border strips are summed
         # directly and the interior is what remains, so no strided interior view is read.
+        if self.no_interior:
+            self.n_images += y.shape[0]
+            return
         t, b, l, r = self.bands
         ho, wo = self.out_hw
         hi, wi = ho - t - b, wo - l - r
@@ -101,25 +109,29 @@ class _Accumulator:
         site = self.site
         t, b, l, r = self.bands
         ho, wo = self.out_hw
-        n_pos_int = (ho - t - b) * (wo - l - r) * self.n_images
-        mean_t = (self.sum_t / self.n_images).cpu().numpy()
-        mean_int = (self.s1 / n_pos_int).cpu().numpy()
-        var = (self.s2 / n_pos_int).cpu().numpy() - mean_int ** 2
-        sigma = np.sqrt(np.clip(var, 0, None))
-        # A channel constant in the interior has no scale to measure contrast against.
-        degenerate = sigma <= 1e-6 * (np.abs(mean_int) + 1e-6)
-        sign = (site.bn_sign.numpy() if site.bn_sign is not None
-                else np.ones(site.module.out_channels))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            d = mean_t / np.where(degenerate, np.nan, sigma)[:, None] * sign[:, None]
-        pos, neg = self.n_pos.cpu().numpy(), self.n_neg.cpu().numpy()
-        consistency = np.where(mean_t > 0, pos, np.where(mean_t < 0, neg, 0)) / self.n_images
+        n_ch = site.module.out_channels
+        sign = site.bn_sign.numpy() if site.bn_sign is not None else np.ones(n_ch)
+        if self.no_interior:
+            mean_t = np.full((n_ch, len(REGIONS)), np.nan)
+            sigma, d, consistency = np.full(n_ch, np.nan), mean_t, mean_t
+        else:
+            n_pos_int = (ho - t - b) * (wo - l - r) * self.n_images
+            mean_t = (self.sum_t / self.n_images).cpu().numpy()
+            mean_int = (self.s1 / n_pos_int).cpu().numpy()
+            var = (self.s2 / n_pos_int).cpu().numpy() - mean_int ** 2
+            sigma = np.sqrt(np.clip(var, 0, None))
+            # A channel constant in the interior has no scale to measure contrast against.
+            degenerate = sigma <= 1e-6 * (np.abs(mean_int) + 1e-6)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                d = mean_t / np.where(degenerate, np.nan, sigma)[:, None] * sign[:, None]
+            pos, neg = self.n_pos.cpu().numpy(), self.n_neg.cpu().numpy()
+            consistency = np.where(mean_t > 0, pos, np.where(mean_t < 0, neg, 0)) / self.n_images
         widths = {"T": t * (wo - l - r), "B": b * (wo - l - r), "L": (ho - t - b) * l,
                   "R": (ho - t - b) * r, "TL": t * l, "TR": t * r, "BL": b * l, "BR": b * r}
         channels = np.arange(d.shape[0])
         frames = []
         for k, region in enumerate(REGIONS):
-            applicable = widths[region] > 0 and n_pos_int > 0
+            applicable = widths[region] > 0 and not self.no_interior
             frames.append(pd.DataFrame({
                 "layer": site.name, "order": site.order, "mode": mode, "channel": channels,
                 "side": region, "applicable": applicable, "band_positions": widths[region],
@@ -194,6 +206,9 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
     """
     modes = tuple(modes) if modes else (("native", NULL_MODE) if null else ("native",))
     device = torch.device(device) if device is not None else _device_of(model)
+    if device.type != _device_of(model).type:
+        raise ScanError(f"the model is on {_device_of(model)}, not {device}: move it first "
+                        f"(model.to('{device}'))")
     was_training = model.training
     model.eval()
     accs: dict[str, dict[nn.Module, _Accumulator]] | None = None
