@@ -1,0 +1,565 @@
+"""What PANs and padding do to predictions (DESIGN 4.7).
+
+``ablate`` replaces chosen conv channels by a constant (their interior mean on the scan
+set) through forward hooks that return a new tensor: the model's parameters and buffers
+are never written, and the hooks are removed on exit, also on error. The evaluation loop
+streams each batch once and runs it under every condition, so an image folder is read
+only once however many conditions there are.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .padding import ConvSite, discover, padding_policy
+
+HOWS = ("mean", "border")
+PLACEMENTS = ("centre", "corner")
+PADDING_SWAPS = ("reflect", "replicate", "circular")
+
+
+class AblationError(ValueError):
+    """An ablation that cannot run (unknown layer or channel, missing interior mean)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _pairs(layers_channels) -> list[tuple[str, int]]:
+    """(layer, channel) pairs, unique, in first-seen order, from a table or an iterable."""
+    if isinstance(layers_channels, pd.DataFrame):
+        it = zip(layers_channels["layer"], layers_channels["channel"])
+    else:
+        it = layers_channels
+    seen: dict[tuple[str, int], None] = {}
+    for layer, channel in it:
+        seen[(str(layer), int(channel))] = None
+    return list(seen)
+
+
+def _module(model: nn.Module, layer: str) -> nn.Module:
+    try:
+        mod = model.get_submodule(layer)
+    except AttributeError as err:
+        raise AblationError(f"model has no module {layer!r}") from err
+    if not isinstance(mod, nn.Conv2d):
+        raise AblationError(f"{layer!r} is a {type(mod).__name__}, not a Conv2d")
+    return mod
+
+
+def _batches(images, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(images, labels or None) from a tensor, a probe with ``batches`` or an iterable."""
+    if isinstance(images, torch.Tensor):
+        for i in range(0, images.shape[0], batch_size):
+            yield images[i:i + batch_size], None
+        return
+    source = images.batches(batch_size) if hasattr(images, "batches") else images
+    for item in source:
+        if isinstance(item, (tuple, list)):
+            yield item[0], (item[1] if len(item) > 1 else None)
+        else:
+            yield item, None
+
+
+def _n_images(images) -> int | None:
+    if isinstance(images, torch.Tensor):
+        return int(images.shape[0])
+    try:
+        return len(images)
+    except TypeError:
+        return None
+
+
+def first_images(images, n: int, batch_size: int = 64) -> torch.Tensor:
+    """The first ``n`` images of a tensor, probe or iterable of batches, as one tensor."""
+    out, have = [], 0
+    for x, _ in _batches(images, batch_size):
+        out.append(x[:n - have])
+        have += out[-1].shape[0]
+        if have >= n:
+            break
+    return torch.cat(out)
+
+
+def _interior(y: torch.Tensor, bands: tuple[int, int, int, int]) -> torch.Tensor:
+    t, b, l, r = bands
+    ho, wo = y.shape[-2:]
+    return y[:, :, t:ho - b, l:wo - r]
+
+
+# --------------------------------------------------------------------------- means
+
+
+def interior_means(model: nn.Module, layers_channels, images, *, batch_size: int = 32,
+                   device: str | torch.device | None = None, progress: bool = False
+                   ) -> pd.DataFrame:
+    """Per (layer, channel): the conv output's mean over the interior positions of the
+    scan set (the positions whose window never reads padding, ConvSite.band_widths),
+    i.e. the value a channel takes when it carries no border information.
+
+    Returns a table with layer, channel, interior_mean, n_images.
+    """
+    pairs = _pairs(layers_channels)
+    if not pairs:
+        return pd.DataFrame(columns=["layer", "channel", "interior_mean", "n_images"])
+    device = torch.device(device) if device is not None else _device_of(model)
+    layers = list(dict.fromkeys(layer for layer, _ in pairs))
+    mods = {layer: _module(model, layer) for layer in layers}
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {layer: 0 for layer in layers}
+    bands: dict[nn.Module, tuple[int, int, int, int]] = {}
+    n_images = 0
+
+    def hook(mod, inp, out):
+        name = names[mod]
+        y = _interior(out, bands[mod])
+        s = y.sum(dim=(0, 2, 3), dtype=torch.float64)
+        sums[name] = sums[name] + s if name in sums else s
+        counts[name] += y.shape[0] * y.shape[2] * y.shape[3]
+
+    names = {m: n for n, m in mods.items()}
+    was_training = model.training
+    model.eval()
+    handles = []
+    bar = tqdm(desc="interior means", unit="img", disable=not progress, leave=False)
+    try:
+        with torch.inference_mode():
+            for x, _ in _batches(images, batch_size):
+                x = x.to(device)
+                if not bands:
+                    sites = {s.module: s for s in discover(model, tuple(x.shape[-2:]))}
+                    bands.update({m: sites[m].band_widths() for m in names})
+                    handles = [m.register_forward_hook(hook) for m in names]
+                model(x)
+                n_images += x.shape[0]
+                bar.update(x.shape[0])
+    finally:
+        bar.close()
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    rows = []
+    for layer, channel in pairs:
+        if counts[layer] == 0:
+            raise AblationError(f"layer {layer!r} has no interior position at this size")
+        if channel >= sums[layer].shape[0]:
+            raise AblationError(f"layer {layer!r} has no channel {channel}")
+        rows.append({"layer": layer, "channel": channel,
+                     "interior_mean": float(sums[layer][channel] / counts[layer]),
+                     "n_images": n_images})
+    return pd.DataFrame(rows)
+
+
+def _means_lookup(means) -> dict[tuple[str, int], float]:
+    if means is None:
+        return {}
+    if isinstance(means, pd.DataFrame):
+        return {(str(r.layer), int(r.channel)): float(r.interior_mean)
+                for r in means.itertuples()}
+    return {(str(k[0]), int(k[1])): float(v) for k, v in dict(means).items()}
+
+
+# --------------------------------------------------------------------------- ablate
+
+
+@contextmanager
+def ablate(model: nn.Module, pans: pd.DataFrame, how: str = "mean", means=None, *,
+           images=None, batch_size: int = 32) -> Iterator[nn.Module]:
+    """Within the block, each (layer, channel) of ``pans`` is replaced by its interior mean.
+
+    how="mean": the whole channel becomes that constant; how="border": only its border
+    bands (every band row/column of the layer at the current input size, which includes
+    the PAN's own sides) do, the interior is untouched. ``means``: a table from
+    ``interior_means`` or a {(layer, channel): value} dict; when None it is computed
+    from ``images`` (the scan set). Forward hooks return new tensors, so parameters and
+    buffers are never modified; hooks are removed on exit, also on error.
+    """
+    if how not in HOWS:
+        raise ValueError(f"how must be one of {', '.join(HOWS)}; got {how!r}")
+    pairs = _pairs(pans) if len(pans) else []
+    if not pairs:
+        yield model
+        return
+    lookup = _means_lookup(means)
+    if means is None:
+        if images is None:
+            raise AblationError("ablate needs the interior means (means=) or the scan "
+                                "images to compute them (images=)")
+        lookup = _means_lookup(interior_means(model, pairs, images, batch_size=batch_size))
+    missing = [p for p in pairs if p not in lookup]
+    if missing:
+        raise AblationError(f"no interior mean for {len(missing)} channel(s), e.g. "
+                            f"{missing[0][0]}:{missing[0][1]}")
+    per_layer: dict[nn.Module, tuple[list[int], list[float]]] = {}
+    for layer, channel in pairs:
+        mod = _module(model, layer)
+        if channel >= mod.out_channels:
+            raise AblationError(f"layer {layer!r} has {mod.out_channels} channels; "
+                                f"got channel {channel}")
+        chans, vals = per_layer.setdefault(mod, ([], []))
+        chans.append(channel)
+        vals.append(lookup[(layer, channel)])
+
+    # Border geometry for the input size being run, found once per size with a
+    # discover() pass from a model pre-hook (re-entrant calls are skipped).
+    geometry: dict[tuple[int, int], dict[nn.Module, tuple[int, int, int, int]]] = {}
+    state = {"busy": False, "hw": None}
+
+    def root_pre_hook(mod, args):
+        if state["busy"] or not args or not isinstance(args[0], torch.Tensor):
+            return None
+        hw = tuple(int(v) for v in args[0].shape[-2:])
+        state["hw"] = hw
+        if how == "border" and hw not in geometry:
+            state["busy"] = True
+            try:
+                sites: dict[nn.Module, ConvSite] = {s.module: s for s in discover(model, hw)}
+            finally:
+                state["busy"] = False
+            geometry[hw] = {m: sites[m].band_widths() for m in per_layer if m in sites}
+        return None
+
+    cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def conv_hook(mod, inp, out):
+        if state["busy"]:
+            return None
+        chans, vals = per_layer[mod]
+        key = (mod, out.device, out.dtype)
+        if key not in cache:
+            cache[key] = (torch.tensor(chans, device=out.device),
+                          torch.tensor(vals, dtype=out.dtype, device=out.device).view(1, -1, 1, 1))
+        idx, fill = cache[key]
+        y = out.clone()
+        if how == "mean":
+            y[:, idx] = fill
+            return y
+        t, b, l, r = geometry[state["hw"]][mod]
+        ho, wo = y.shape[-2:]
+        if t:
+            y[:, idx, :t, :] = fill
+        if b:
+            y[:, idx, ho - b:, :] = fill
+        if l:
+            y[:, idx, :, :l] = fill
+        if r:
+            y[:, idx, :, wo - r:] = fill
+        return y
+
+    handles = []
+    try:
+        handles.append(model.register_forward_pre_hook(root_pre_hook))
+        for mod in per_layer:
+            handles.append(mod.register_forward_hook(conv_hook))
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# --------------------------------------------------------------------------- controls
+
+
+def random_controls(scores_or_candidates: pd.DataFrame, pans: pd.DataFrame, n_draws: int,
+                    seed: int = 0) -> pd.DataFrame:
+    """Random non-PAN channels, per draw as many from each layer as that layer has PANs.
+
+    ``scores_or_candidates``: a score table (or any table with layer, channel) listing
+    the channels that may be drawn. Returns draw, layer, channel; deterministic in
+    ``seed``. A layer with fewer non-PAN channels than PANs gives all it has.
+    """
+    cols = ["draw", "layer", "channel"]
+    cand = scores_or_candidates[["layer", "channel"]].drop_duplicates()
+    if "order" in scores_or_candidates:
+        order = scores_or_candidates.groupby("layer")["order"].first().to_dict()
+    else:
+        order = {}
+    if pans is None or len(pans) == 0 or n_draws < 1:
+        return pd.DataFrame(columns=cols).astype({"draw": int, "channel": int})
+    pan_set = set(_pairs(pans))
+    need = pans.groupby("layer").size().to_dict()
+    layers = sorted(need, key=lambda layer: (order.get(layer, math.inf), layer))
+    pool = {layer: np.sort(np.array([c for c in cand.loc[cand["layer"] == layer, "channel"]
+                                     if (layer, int(c)) not in pan_set], dtype=int))
+            for layer in layers}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for draw in range(n_draws):
+        for layer in layers:
+            k = min(int(need[layer]), len(pool[layer]))
+            for c in np.sort(rng.choice(pool[layer], size=k, replace=False)):
+                rows.append({"draw": draw, "layer": layer, "channel": int(c)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+@dataclass
+class Condition:
+    """One way of changing the model, entered around each batch."""
+
+    name: str
+    draw: int
+    n_ablated: int
+    enter: Callable[[nn.Module], ContextManager]
+
+
+def standard_conditions(pans: pd.DataFrame, means, controls: pd.DataFrame | None = None,
+                        padding_modes: Sequence[str] = PADDING_SWAPS) -> list[Condition]:
+    """intact, pans_mean, pans_border, random_mean (one per draw), padding_<mode>."""
+    n = len(_pairs(pans)) if len(pans) else 0
+    conds = [Condition("intact", 0, 0, lambda m: nullcontext(m)),
+             Condition("pans_mean", 0, n, lambda m: ablate(m, pans, "mean", means)),
+             Condition("pans_border", 0, n, lambda m: ablate(m, pans, "border", means))]
+    if controls is not None and len(controls):
+        for draw, g in controls.groupby("draw", sort=True):
+            conds.append(Condition("random_mean", int(draw), len(g),
+                                   lambda m, g=g: ablate(m, g, "mean", means)))
+    for mode in padding_modes:
+        conds.append(Condition(f"padding_{mode}", 0, 0,
+                               lambda m, mode=mode: padding_policy(m, mode)))
+    return conds
+
+
+def evaluate_conditions(model: nn.Module, images, conditions: Sequence[Condition], *,
+                        model_name: str = "", class_names: Sequence[str] | None = None,
+                        batch_size: int = 32, device: str | torch.device | None = None,
+                        progress: bool = True, channels_last: bool = True
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each condition against the intact model, streaming ``images`` once.
+
+    ``images``: a normalised tensor, an ImageFolderProbe or an iterable of batches or
+    (batch, labels) pairs; labels < 0 count as missing. Returns (ablation, class_shift):
+    ablation has one row per condition and draw (model, condition, draw, n_images,
+    agreement, kl = mean KL(intact || condition), accuracy, accuracy_change,
+    n_ablated); class_shift one row per condition, draw and class predicted by either
+    (class_index, class_name, count_intact, count_condition, shift).
+    """
+    device = torch.device(device) if device is not None else _device_of(model)
+    if not conditions or conditions[0].name != "intact":
+        conditions = [Condition("intact", 0, 0, lambda m: nullcontext(m)), *conditions]
+    k = len(conditions)
+    agree = np.zeros(k, dtype=np.int64)
+    kl = np.zeros(k, dtype=np.float64)
+    correct = np.zeros(k, dtype=np.int64)
+    counts: np.ndarray | None = None
+    n, n_labelled = 0, 0
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=_n_images(images), desc=f"ablation {model_name}".strip(), unit="img",
+               disable=not progress, leave=False)
+    try:
+        with torch.inference_mode():
+            for x, y in _batches(images, batch_size):
+                x = x.to(device)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                labelled = None
+                if y is not None:
+                    y = torch.as_tensor(y).to(device)
+                    labelled = y >= 0
+                    n_labelled += int(labelled.sum())
+                ref = None
+                for i, cond in enumerate(conditions):
+                    with cond.enter(model):
+                        logits = model(x).float()
+                    logp = F.log_softmax(logits, dim=1)
+                    pred = logp.argmax(1)
+                    if counts is None:
+                        counts = np.zeros((k, logits.shape[1]), dtype=np.int64)
+                    counts[i] += np.bincount(pred.cpu().numpy(), minlength=logits.shape[1])
+                    if ref is None:
+                        ref = (logp, pred)
+                    agree[i] += int((pred == ref[1]).sum())
+                    p_ref = ref[0].exp()
+                    kl[i] += float((p_ref * (ref[0] - logp)).sum(1).clamp_min(0).sum())
+                    if labelled is not None:
+                        correct[i] += int(((pred == y) & labelled).sum())
+                n += x.shape[0]
+                bar.update(x.shape[0])
+    finally:
+        bar.close()
+        model.train(was_training)
+    if n == 0:
+        raise AblationError("no evaluation images were given")
+    acc = correct / n_labelled if n_labelled else np.full(k, np.nan)
+    ablation = pd.DataFrame({
+        "model": model_name, "condition": [c.name for c in conditions],
+        "draw": [c.draw for c in conditions], "n_images": n, "agreement": agree / n,
+        "kl": kl / n, "accuracy": acc, "accuracy_change": acc - acc[0],
+        "n_ablated": [c.n_ablated for c in conditions]})
+    names = list(class_names or [])
+    frames = []
+    for i, cond in enumerate(conditions[1:], start=1):
+        keep = np.flatnonzero((counts[0] > 0) | (counts[i] > 0))
+        frames.append(pd.DataFrame({
+            "model": model_name, "condition": cond.name, "draw": cond.draw,
+            "class_index": keep,
+            "class_name": [names[j] if j < len(names) else str(j) for j in keep],
+            "count_intact": counts[0][keep], "count_condition": counts[i][keep],
+            "shift": counts[i][keep] - counts[0][keep]}))
+    cols = ["model", "condition", "draw", "class_index", "class_name", "count_intact",
+            "count_condition", "shift"]
+    shift = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    return ablation, shift
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def place_crops(images: torch.Tensor, placement: str, scale: float = 0.5,
+                fill: float = 0.0) -> torch.Tensor:
+    """Shrink each (normalised) image by ``scale`` and paste it on a ``fill`` canvas
+    (0 = the mean grey after normalisation) of the same size: at the centre, or in a
+    corner (cycling TL, TR, BL, BR over the images), so the evidence either stays far
+    from the padding or touches it."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}; got {placement!r}")
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale must be in (0, 1]; got {scale}")
+    n, c, h, w = images.shape
+    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = F.interpolate(images.float(), size=(sh, sw), mode="bilinear", antialias=True,
+                          align_corners=False).to(images.dtype)
+    out = torch.full_like(images, fill).contiguous()
+    for i in range(n):
+        if placement == "centre":
+            top, left = (h - sh) // 2, (w - sw) // 2
+        else:
+            corner = i % 4
+            top = 0 if corner in (0, 1) else h - sh
+            left = 0 if corner in (0, 2) else w - sw
+        out[i, :, top:top + sh, left:left + sw] = small[i]
+    return out
+
+
+def placement_agreement(model: nn.Module, images: torch.Tensor,
+                        conditions: Sequence[Condition], *, placements: Iterable[str] = PLACEMENTS,
+                        scale: float = 0.5, model_name: str = "", **kwargs) -> pd.DataFrame:
+    """Agreement with the intact model when the evidence sits at each placement:
+    model, placement, condition, draw, n_images, agreement, kl."""
+    frames = []
+    for placement in placements:
+        df, _ = evaluate_conditions(model, place_crops(images, placement, scale), conditions,
+                                    model_name=model_name, **kwargs)
+        df.insert(1, "placement", placement)
+        frames.append(df[["model", "placement", "condition", "draw", "n_images",
+                          "agreement", "kl"]])
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarise(ablation: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sd over draws per model and condition (sd 0 for single-draw conditions)."""
+    g = ablation.groupby(["model", "condition"], sort=False)
+    out = g.agg(draws=("draw", "size"), agreement=("agreement", "mean"),
+                agreement_sd=("agreement", "std"), kl=("kl", "mean"), kl_sd=("kl", "std"),
+                n_ablated=("n_ablated", "mean")).reset_index()
+    return out.fillna({"agreement_sd": 0.0, "kl_sd": 0.0})
+
+
+# --------------------------------------------------------------------------- study
+
+
+def characteristic_biases(class_shift: pd.DataFrame, k: int = 5) -> pd.DataFrame:
+    """Per model and condition, the ``k`` classes that gain and the ``k`` that lose the
+    most predictions (shift averaged over draws): model, condition, direction, rank,
+    class_index, class_name, shift, count_intact."""
+    cols = ["model", "condition", "direction", "rank", "class_index", "class_name", "shift",
+            "count_intact"]
+    if class_shift.empty:
+        return pd.DataFrame(columns=cols)
+    n_draws = class_shift.groupby(["model", "condition"])["draw"].nunique()
+    g = (class_shift.groupby(["model", "condition", "class_index", "class_name"],
+                             as_index=False, sort=False)[["shift", "count_intact"]].sum())
+    g = g.merge(n_draws.rename("n_draws").reset_index(), on=["model", "condition"])
+    g["shift"] = g["shift"] / g["n_draws"]
+    g["count_intact"] = g["count_intact"] / g["n_draws"]
+    frames = []
+    for (model, cond), grp in g.groupby(["model", "condition"], sort=False):
+        for direction, part in (("gain", grp[grp["shift"] > 0].nlargest(k, "shift")),
+                                ("loss", grp[grp["shift"] < 0].nsmallest(k, "shift"))):
+            frames.append(part.assign(direction=direction, rank=np.arange(1, len(part) + 1)))
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True)[cols]
+
+
+def eval_images(preprocessing, settings, size: int):
+    """The evaluation set, disjoint from the scan set: bundled 'eval' photos (seed + 1),
+    or the images of ``data_dir`` that the scan probe (n_images, seed) did not draw."""
+    from .probes import ImageFolderProbe, bundled_images
+
+    p = preprocessing
+    seed = int(settings["seed"])
+    if settings.get("data_dir"):
+        scan_probe = ImageFolderProbe(settings["data_dir"], size, p.mean, p.std,
+                                      n=settings["n_images"], seed=seed)
+        probe = ImageFolderProbe(settings["data_dir"], size, p.mean, p.std)
+        used = set(scan_probe.files)
+        keep = [i for i, f in enumerate(probe.files) if f not in used]
+        n = min(int(settings["n_eval"]), len(keep))
+        pick = np.sort(np.random.default_rng(seed + 1).choice(keep, n, replace=False))
+        probe.files = [probe.files[i] for i in pick]
+        probe.labels = [probe.labels[i] for i in pick]
+        return probe
+    return bundled_images(settings["n_eval"], size, split="eval", seed=seed + 1,
+                          mean=p.mean, std=p.std)
+
+
+def study_model(model_name: str, settings, *, n_placement: int = 64,
+                placement_scale: float = 0.5, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """All chapter-3 tables of one model: find its PANs once on the scan set, draw the
+    random controls, then evaluate every condition on the evaluation set and on shrunk
+    evaluation crops placed at the centre or in a corner.
+
+    Returns pans, ablation, class_shift and placement tables (each with ``model``).
+    """
+    from .models import load_model
+    from .probes import ImageFolderProbe, bundled_images
+    from .scan import find_pans
+
+    loaded = load_model(model_name)
+    device = torch.device(settings.get("device") or "cpu")
+    model, p = loaded.model.to(device).eval(), loaded.preprocessing
+    size = int(settings.get("image_size") or p.input_size[0])
+    bs, seed = int(settings["batch_size"]), int(settings["seed"])
+    if settings.get("data_dir"):
+        scan_x = ImageFolderProbe(settings["data_dir"], size, p.mean, p.std,
+                                  n=settings["n_images"], seed=seed)
+    else:
+        scan_x = bundled_images(settings["n_images"], size, split="scan", seed=seed,
+                                mean=p.mean, std=p.std)
+    pans, scores = find_pans(model, scan_x, settings["tau"], settings["consistency"],
+                             batch_size=bs, device=device, progress=progress,
+                             return_scores=True)
+    controls = random_controls(scores[scores["mode"] == "native"], pans,
+                               int(settings["n_random_draws"]), seed)
+    needed = pd.concat([pans[["layer", "channel"]], controls[["layer", "channel"]]])
+    means = interior_means(model, needed, scan_x, batch_size=bs, device=device,
+                           progress=progress)
+    conditions = standard_conditions(pans, means, controls)
+    ev = eval_images(p, settings, size)
+    ablation, shift = evaluate_conditions(model, ev, conditions, model_name=model_name,
+                                          class_names=p.class_names, batch_size=bs,
+                                          device=device, progress=progress)
+    placement = placement_agreement(model, first_images(ev, n_placement), conditions,
+                                    scale=placement_scale, model_name=model_name,
+                                    batch_size=bs, device=device, progress=progress)
+    return {"pans": pans.assign(model=model_name), "ablation": ablation,
+            "class_shift": shift, "placement": placement}

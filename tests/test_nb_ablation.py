@@ -1,0 +1,71 @@
+"""Assertions on the tables that notebook 03 writes under the smoke profile.
+
+``smoke_results`` (tests/conftest.py) runs every notebook with profile smoke into a
+temporary folder and returns it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pan_utils.reproduce import PROFILES, read_table
+
+ABLATION_COLUMNS = {"model", "condition", "draw", "n_images", "agreement", "kl", "accuracy",
+                    "accuracy_change", "n_ablated"}
+SHIFT_COLUMNS = {"model", "condition", "draw", "class_index", "class_name", "count_intact",
+                 "count_condition", "shift"}
+PLACEMENT_COLUMNS = {"model", "placement", "condition", "agreement"}
+CONDITIONS = {"intact", "pans_mean", "pans_border", "random_mean", "padding_reflect",
+              "padding_replicate", "padding_circular"}
+
+
+@pytest.fixture(scope="module")
+def tables(smoke_results):
+    names = ("ablation", "class_shift", "placement", "ablation_summary", "class_bias")
+    return {n: read_table(smoke_results, n) for n in names}
+
+
+def test_columns_and_conditions_present(tables):
+    abl = tables["ablation"]
+    assert ABLATION_COLUMNS <= set(abl.columns)
+    assert SHIFT_COLUMNS <= set(tables["class_shift"].columns)
+    assert PLACEMENT_COLUMNS <= set(tables["placement"].columns)
+    assert set(abl["model"]) == set(PROFILES["smoke"]["models"])
+    for _, g in abl.groupby("model"):
+        assert set(g["condition"]) == CONDITIONS or (
+            set(g["condition"]) == CONDITIONS - {"random_mean"}
+            and (g["n_ablated"] == 0).all())  # a model without PANs has no control to draw
+    assert set(tables["placement"]["placement"]) == {"centre", "corner"}
+
+
+def test_intact_agrees_with_itself_and_metrics_in_range(tables):
+    for name in ("ablation", "placement"):
+        df = tables[name]
+        intact = df[df["condition"] == "intact"]
+        assert len(intact) and (intact["agreement"] == 1).all()
+        assert np.allclose(intact["kl"], 0, atol=1e-6)
+        assert df["agreement"].between(0, 1).all()
+        assert (df["kl"] >= -1e-6).all()
+    abl = tables["ablation"]
+    assert (abl["n_images"] == PROFILES["smoke"]["n_eval"]).all()
+
+
+def test_random_controls_match_pan_count(tables):
+    abl = tables["ablation"]
+    for _, g in abl.groupby("model"):
+        rnd = g[g["condition"] == "random_mean"]
+        assert len(rnd) == PROFILES["smoke"]["n_random_draws"] or rnd.empty
+        n_pans = int(g.loc[g["condition"] == "pans_mean", "n_ablated"].iloc[0])
+        assert (rnd["n_ablated"] <= n_pans).all()
+
+
+def test_class_shift_counts_sum_to_n_images(tables):
+    shift = tables["class_shift"]
+    n = tables["ablation"].groupby("model")["n_images"].first()
+    sums = shift.groupby(["model", "condition", "draw"])[["count_intact", "count_condition"]].sum()
+    for (model, _, _), row in sums.iterrows():
+        assert row["count_intact"] == n[model] and row["count_condition"] == n[model]
+    assert (shift["shift"] == shift["count_condition"] - shift["count_intact"]).all()
+    assert set(shift["condition"]) == CONDITIONS - {"intact"} or "random_mean" not in set(
+        shift["condition"])
