@@ -16,7 +16,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "models": ["mobilenet_v2"],
         "n_images": 16,
         "n_eval": 16,
-        "image_size": 96,
+        "image_size": 128,  # below ~128 px the deepest maps have almost no interior
         "batch_size": 16,
         "n_random_draws": 2,
         "train_seeds": [0],

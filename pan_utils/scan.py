@@ -240,7 +240,8 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
     tables = [acc.table(mode) for mode in modes for acc in accs[mode].values()
               if acc.n_images]
     scores = pd.concat(tables, ignore_index=True)
-    scores.insert(2, "depth", scores["order"].map({s.order: s.order / n for s in sites}))
+    # Relative depth among the candidate layers: 0 for the first padded conv, 1 for the last.
+    scores.insert(2, "depth", scores["order"].map({s.order: i / n for i, s in enumerate(sites)}))
     return scores
 
 

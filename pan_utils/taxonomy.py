@@ -1,6 +1,11 @@
-"""PAN types from the sides they detect (DESIGN 4.5)."""
+"""PAN types from the sides they detect, and the taxonomy summaries of DESIGN 4.5
+(types and polarity, kernel weight mass on the pad, uneven padding between sizes)."""
 
 from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
 
 TYPE_ORDER = ("single side", "opposite pair", "adjacent pair", "three sides", "full frame",
               "corner only")
@@ -16,3 +21,232 @@ def pan_type(sides: str, corners: str = "") -> str:
     if n == 2:
         return "opposite pair" if set(sides) in ({"T", "B"}, {"L", "R"}) else "adjacent pair"
     return "three sides" if n == 3 else "full frame"
+
+
+# --------------------------------------------------------------------------- summaries
+# (everything below works from the tables of chapter 1; see notebooks/02_taxonomy)
+
+
+POLARITIES = ("+", "-", "mixed")
+SIDE_COLUMNS = {"T": "band_top", "B": "band_bottom", "L": "band_left", "R": "band_right"}
+
+
+def type_counts(pans: pd.DataFrame) -> pd.DataFrame:
+    """PANs per model × weights × type × polarity (only combinations that occur)."""
+    cols = ["model", "weights", "type", "polarity"]
+    if pans.empty:
+        return pd.DataFrame(columns=cols + ["pans", "fraction"])
+    out = pans.groupby(cols, as_index=False).size().rename(columns={"size": "pans"})
+    total = out.groupby(["model", "weights"])["pans"].transform("sum")
+    out["fraction"] = out["pans"] / total
+    order = {t: i for i, t in enumerate(TYPE_ORDER)}
+    return out.sort_values(["model", "weights", "type", "polarity"],
+                           key=lambda s: s.map(order) if s.name == "type" else s,
+                           ignore_index=True)
+
+
+def side_counts(pans: pd.DataFrame, by: tuple[str, ...] = ("model", "weights")) -> pd.DataFrame:
+    """PANs that detect each side (a PAN with sides 'TB' counts for T and for B), and
+    PANs with corners only; long table by + (side, pans)."""
+    rows = []
+    for key, g in pans.groupby(list(by), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        sides = g["sides"].fillna("")
+        for s in SIDE_COLUMNS:
+            rows.append({**dict(zip(by, key)), "side": s,
+                         "pans": int(sides.str.contains(s, regex=False).sum())})
+        rows.append({**dict(zip(by, key)), "side": "corner only",
+                     "pans": int((sides == "").sum())})
+    return pd.DataFrame(rows, columns=[*by, "side", "pans"])
+
+
+def pad_kernel_index(site, side: str) -> list[int]:
+    """Kernel rows (T/B) or columns (L/R) that read padding at the outermost band position
+    of ``side`` for ``site`` (a padding.ConvSite): empty when that band is empty."""
+    (kh, kw), (sh, sw), (dh, dw) = site.kernel, site.stride, site.dilation
+    t, b, l, r = site.pads
+    bands = dict(zip("TBLR", site.band_widths()))
+    if bands[side] == 0:
+        return []
+    if side in "TB":
+        k, s, d, before, size, out = kh, sh, dh, t, site.in_hw[0], site.out_hw[0]
+    else:
+        k, s, d, before, size, out = kw, sw, dw, l, site.in_hw[1], site.out_hw[1]
+    start = (0 if side in "TL" else out - 1) * s - before
+    pos = start + np.arange(k) * d
+    return [int(i) for i in np.flatnonzero((pos < 0) | (pos > size - 1))]
+
+
+def kernel_padding_mass(weight: torch.Tensor | np.ndarray, index: list[int], side: str
+                        ) -> np.ndarray:
+    """Per output channel, the fraction of |w| on the kernel rows (side T/B) or columns
+    (L/R) ``index`` that read the pad. ``weight``: (C_out, C_in/groups, kh, kw)."""
+    w = np.abs(np.asarray(weight.detach().cpu() if isinstance(weight, torch.Tensor)
+                          else weight, dtype=np.float64))
+    total = w.sum(axis=(1, 2, 3))
+    if not index:
+        return np.full(w.shape[0], np.nan)
+    part = w[:, :, index, :] if side in "TB" else w[:, :, :, index]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return part.sum(axis=(1, 2, 3)) / total
+
+
+def kernel_mass_table(model, layer: str, size: int, pans: pd.DataFrame) -> pd.DataFrame:
+    """One row per (channel, applicable side) of ``layer``: weight mass on the pad rows,
+    whether the channel is a PAN and whether it detects that side; ``uniform`` is the mass
+    an evenly spread kernel would put there."""
+    from .padding import discover
+
+    site = next(s for s in discover(model, size) if s.name == layer)
+    w = site.module.weight
+    mine = pans[pans["layer"] == layer]
+    sides_of = dict(zip(mine["channel"].astype(int), mine["sides"].fillna("")))
+    rows = []
+    for side in SIDE_COLUMNS:
+        idx = pad_kernel_index(site, side)
+        if not idx:
+            continue
+        mass = kernel_padding_mass(w, idx, side)
+        k = site.kernel[0] if side in "TB" else site.kernel[1]
+        for c in range(w.shape[0]):
+            rows.append({"layer": layer, "channel": c, "side": side,
+                         "pad_index": ",".join(map(str, idx)), "uniform": len(idx) / k,
+                         "pan": c in sides_of, "detects_side": side in sides_of.get(c, ""),
+                         "mass": float(mass[c])})
+    return pd.DataFrame(rows)
+
+
+def kernels_table(model, layer: str, channels: list[int]) -> pd.DataFrame:
+    """Long table (layer, channel, row, col, weight) of kernels summed over input channels
+    (the response of each channel to a constant input patch)."""
+    w = dict(model.named_modules())[layer].weight.detach().cpu().double().sum(1).numpy()
+    rows = []
+    for c in channels:
+        for i in range(w.shape[1]):
+            for j in range(w.shape[2]):
+                rows.append({"layer": layer, "channel": int(c), "row": i, "col": j,
+                             "weight": float(w[c, i, j])})
+    return pd.DataFrame(rows)
+
+
+def first_pan_layer(pans: pd.DataFrame, min_pans: int = 1) -> str | None:
+    """The earliest layer (by order) with at least ``min_pans`` PANs."""
+    n = pans.groupby(["order", "layer"]).size()
+    n = n[n >= min_pans]
+    return None if n.empty else n.index[0][1]
+
+
+def uneven_layers(model, sizes: tuple[int, ...], model_name: str = "") -> pd.DataFrame:
+    """Per candidate conv and input size: stride, pads and band widths per side; a side with
+    an empty band cannot be seen by that layer (the stride-2 'uneven padding')."""
+    from .padding import padded_convs
+
+    frames = []
+    for size in sizes:
+        df = padded_convs(model, size)
+        frames.append(df.assign(model=model_name, size=size))
+    df = pd.concat(frames, ignore_index=True)
+    cols = ["model", "size", "layer", "order", "kernel_h", "stride_h", "in_h", "pad_top",
+            "pad_bottom", "pad_left", "pad_right", *SIDE_COLUMNS.values()]
+    return df[cols]
+
+
+# --------------------------------------------------------------------------- recomputation
+# (these load the model again: kernels, scans at another size, example maps)
+
+
+def first_layer_kernels(model_name: str, settings, pans: pd.DataFrame, n: int = 4
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kernel_mass, kernels) for the first padded layer with PANs of the pre-trained model.
+
+    kernel_mass: every channel × applicable side of that layer (see kernel_mass_table);
+    kernels: the ``n`` strongest PANs and the first ``n`` non-PAN channels of the layer.
+    """
+    from .identification import input_size
+    from .models import load_model
+
+    mine = pans[(pans["model"] == model_name) & (pans["weights"] == "pretrained")]
+    layer = first_pan_layer(mine)
+    if layer is None:
+        return pd.DataFrame(), pd.DataFrame()
+    loaded = load_model(model_name)
+    size = input_size(loaded, settings)
+    mass = kernel_mass_table(loaded.model, layer, size, mine).assign(model=model_name)
+    in_layer = mine[mine["layer"] == layer].nlargest(n, "score")
+    pan_ch = set(mine.loc[mine["layer"] == layer, "channel"].astype(int))
+    n_out = dict(loaded.model.named_modules())[layer].out_channels
+    others = [c for c in range(n_out) if c not in pan_ch][:n]
+    parts = []
+    for kind, chans, sides in (("PAN", in_layer["channel"].astype(int).tolist(),
+                                in_layer["sides"].tolist()),
+                               ("non-PAN", others, [""] * len(others))):
+        k = kernels_table(loaded.model, layer, chans)
+        k = k.merge(pd.DataFrame({"channel": chans, "sides": sides}), on="channel")
+        parts.append(k.assign(kind=kind))
+    kernels = pd.concat(parts, ignore_index=True).assign(model=model_name)
+    kernels = kernels[["model", "layer", "kind", "channel", "sides", "row", "col", "weight"]]
+    return mass[["model", *[c for c in mass.columns if c != "model"]]], kernels
+
+
+def uneven_padding(model_name: str, settings, pans: pd.DataFrame, *, progress: bool = True
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(layers, side_pans) at input sizes S and S+1 for the pre-trained model.
+
+    layers: band widths per side of every candidate conv at both sizes; side_pans: PANs
+    per detected side at both sizes (S from ``pans``, S+1 scanned here on the same crops).
+    """
+    from .identification import input_size, probe_images
+    from .models import load_model
+    from .scan import find_pans
+
+    loaded = load_model(model_name)
+    size = input_size(loaded, settings)
+    layers = uneven_layers(loaded.model, (size, size + 1), model_name)
+    at_s = pans[(pans["model"] == model_name) & (pans["weights"] == "pretrained")]
+    loaded.model.to(settings.get("device") or "cpu")
+    at_s1 = find_pans(loaded.model, probe_images(loaded, settings, size + 1),
+                      settings["tau"], settings["consistency"],
+                      batch_size=settings["batch_size"], device=settings.get("device"),
+                      progress=progress)
+    frames = []
+    for s, p in ((size, at_s), (size + 1, at_s1)):
+        p = p.assign(model=model_name, size=s)
+        sc = side_counts(p, by=("model", "size")) if len(p) else pd.DataFrame(
+            {"model": model_name, "size": s, "side": [*SIDE_COLUMNS, "corner only"],
+             "pans": 0})
+        frames.append(sc.assign(total_pans=len(p)))
+    return layers, pd.concat(frames, ignore_index=True)
+
+
+def type_examples(model_name: str, settings, pans: pd.DataFrame) -> pd.DataFrame:
+    """Mean activation maps (BatchNorm sign folded in) of the strongest pre-trained PAN of
+    each type, as a long table (model, type, layer, channel, sides, score, row, col, value)."""
+    from .identification import (MAP_IMAGES, bn_signs, input_size, maps_table, probe_images,
+                                 record_maps)
+    from .models import load_model
+
+    mine = pans[(pans["model"] == model_name) & (pans["weights"] == "pretrained")]
+    if mine.empty:
+        return pd.DataFrame()
+    best = (mine.sort_values("score", ascending=False).groupby("type", sort=False).head(1))
+    best = best.assign(order_t=best["type"].map({t: i for i, t in enumerate(TYPE_ORDER)}))
+    best = best.sort_values("order_t")
+    loaded = load_model(model_name)
+    size = input_size(loaded, settings)
+    loaded.model.to(settings.get("device") or "cpu")
+    signs = bn_signs(loaded.model, size)
+    layers: dict[str, list[int]] = {}
+    for lay, c in zip(best["layer"], best["channel"].astype(int)):
+        layers.setdefault(lay, []).append(c)
+    maps = record_maps(loaded.model, layers, probe_images(loaded, settings, size, n=MAP_IMAGES),
+                       batch_size=settings["batch_size"],
+                       signs={k: signs[k][v] for k, v in layers.items()})
+    frames = []
+    for lay, chans in layers.items():
+        meta = best[best["layer"] == lay].set_index("channel").loc[chans].reset_index()
+        frames.append(maps_table(maps[lay].float(), meta.assign(model=model_name)[
+            ["model", "type", "layer", "channel", "sides", "corners", "score"]]))
+    out = pd.concat(frames, ignore_index=True)
+    rank = {t: i for i, t in enumerate(TYPE_ORDER)}
+    return out.sort_values(["type", "row", "col"], key=lambda s: s.map(rank)
+                           if s.name == "type" else s, kind="stable", ignore_index=True)

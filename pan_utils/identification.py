@@ -1,0 +1,254 @@
+"""Chapter 1: find the PANs of a model, pre-trained and random-init, with their baselines.
+
+``identify`` turns one model into the tables of notebook 01 (counts, one row per PAN,
+sensitivity to tau, PANs per layer, per-channel score distribution); ``record_maps``
+averages chosen channels' feature maps over probe images inside a forward hook, so that
+example activation maps can be drawn without keeping every map in memory.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .models import LoadedModel, load_model, random_init
+from .padding import discover
+from .probes import ImageFolderProbe, bundled_images, iter_batches
+from .scan import decide_pans, find_pans, pan_counts_by_tau
+
+WEIGHTS = ("pretrained", "random-init")
+MAP_IMAGES = 64  # mean maps settle well before this; the first crops of the scan set
+TAUS = tuple(float(t) for t in range(1, 11))
+
+
+def input_size(loaded: LoadedModel, settings: Mapping[str, Any]) -> int:
+    """The probe size: the profile's ``image_size`` or else the model's own input size."""
+    size = settings.get("image_size")
+    return int(size) if size else int(loaded.preprocessing.input_size[0])
+
+
+def probe_images(loaded: LoadedModel, settings: Mapping[str, Any], size: int | None = None,
+                 split: str = "scan", n: int | None = None):
+    """The scan probe set of DESIGN 4.6 for ``loaded`` (a tensor, or a folder probe);
+    ``n`` caps the number of images (the first ``n`` crops of the same set)."""
+    size = size or input_size(loaded, settings)
+    p = loaded.preprocessing
+    n = min(n, settings["n_images"]) if n else settings["n_images"]
+    if settings.get("data_dir"):
+        return ImageFolderProbe(settings["data_dir"], size, p.mean, p.std,
+                                n=n, seed=settings["seed"])
+    return bundled_images(n, size, seed=settings["seed"], split=split,
+                          mean=p.mean, std=p.std)
+
+
+def channel_scores(scores: pd.DataFrame, pans: pd.DataFrame, mode: str = "native"
+                   ) -> pd.DataFrame:
+    """Per channel: max |d| over its applicable sides and corners, and whether it is a PAN."""
+    s = scores[(scores["mode"] == mode) & scores["applicable"]]
+    out = (s.assign(abs_d=s["d"].abs())
+           .groupby(["layer", "order", "depth", "channel"], as_index=False)["abs_d"].max()
+           .rename(columns={"abs_d": "max_abs_d"}))
+    keys = set(zip(pans["layer"], pans["channel"].astype(int)))
+    out["pan"] = [(lay, int(c)) in keys for lay, c in zip(out["layer"], out["channel"])]
+    return out
+
+
+def per_layer(scores: pd.DataFrame, pans: pd.DataFrame) -> pd.DataFrame:
+    """Candidate channels and PANs of every scanned layer (layers without PANs kept)."""
+    native = scores[scores["mode"] == "native"]
+    layers = (native.groupby(["layer", "order", "depth"], as_index=False)["channel"].nunique()
+              .rename(columns={"channel": "candidate_channels"}))
+    n = pans.groupby("layer").size().rename("pans")
+    layers = layers.merge(n, left_on="layer", right_index=True, how="left")
+    layers["pans"] = layers["pans"].fillna(0).astype(int)
+    return layers.sort_values("order", ignore_index=True)
+
+
+def identify(model_name: str, settings: Mapping[str, Any], *, progress: bool = True,
+             taus: Sequence[float] = TAUS) -> dict[str, pd.DataFrame]:
+    """All chapter-1 tables of one model: pre-trained and random-init, each with its null.
+
+    Returns ``pan_counts``, ``pans``, ``pan_sensitivity``, ``pan_layers`` and
+    ``channel_scores``, every table carrying ``model`` and ``weights`` columns.
+    """
+    tau, q = float(settings["tau"]), float(settings["consistency"])
+    loaded = load_model(model_name)
+    size = input_size(loaded, settings)
+    images = probe_images(loaded, settings, size)
+    models = {"pretrained": loaded.model,
+              "random-init": random_init(loaded.model, settings["seed"])}
+    device = settings.get("device") or "cpu"
+    out: dict[str, list[pd.DataFrame]] = {k: [] for k in
+                                          ("pan_counts", "pans", "pan_sensitivity",
+                                           "pan_layers", "channel_scores")}
+    for weights, model in models.items():
+        model.to(device)
+        pans, scores = find_pans(model, images, tau, q, batch_size=settings["batch_size"],
+                                 device=device, progress=progress, return_scores=True)
+        n_images = int(scores["n_images"].iloc[0])
+        circ = decide_pans(scores, tau=tau, consistency=q, mode="circular", null_mode=None)
+        layers = per_layer(scores, pans)
+        tag = {"model": model_name, "weights": weights}
+        n_cand = int(layers["candidate_channels"].sum())
+        out["pan_counts"].append(pd.DataFrame([{
+            **tag, "candidate_layers": len(layers), "candidate_channels": n_cand,
+            "pans": len(pans), "pan_fraction": len(pans) / n_cand, "tau": tau, "q": q,
+            "n_images": n_images, "image_size": size, "circular_null_pans": len(circ),
+        }]))
+        out["pans"].append(pans.assign(**tag)[["model", "weights", *pans.columns]])
+        for cond, kw in ((weights, {}),
+                         ("circular null", {"mode": "circular", "null_mode": None})):
+            curve = pan_counts_by_tau(scores, taus, consistency=q, **kw)
+            out["pan_sensitivity"].append(curve.assign(**tag, condition=cond))
+        out["pan_layers"].append(layers.assign(**tag))
+        for mode, cond in (("native", weights), ("circular", "circular null")):
+            p = pans if mode == "native" else circ
+            out["channel_scores"].append(channel_scores(scores, p, mode).assign(
+                **tag, condition=cond))
+        model.to("cpu")
+    first = ["model", "weights"]
+    tables = {}
+    for name, frames in out.items():
+        df = pd.concat([f for f in frames if len(f)] or frames, ignore_index=True)
+        extra = ["condition"] if "condition" in df.columns else []
+        tables[name] = df[first + extra + [c for c in df.columns if c not in first + extra]]
+    tables["pan_sensitivity"] = tables["pan_sensitivity"][
+        ["model", "weights", "condition", "tau", "pans"]]
+    return tables
+
+
+def identify_all(settings: Mapping[str, Any], *, progress: bool = True
+                 ) -> dict[str, pd.DataFrame]:
+    """``identify`` for every model of the profile, tables concatenated."""
+    parts = [identify(m, settings, progress=progress) for m in settings["models"]]
+    return {k: pd.concat([p[k] for p in parts], ignore_index=True) for k in parts[0]}
+
+
+# --------------------------------------------------------------------------- maps
+
+
+class MapRecorder:
+    """Running sums of chosen channels' maps, filled by a forward hook."""
+
+    def __init__(self, channels: Sequence[int], sign: Sequence[float] | None = None):
+        self.channels = [int(c) for c in channels]
+        self.sign = None if sign is None else torch.as_tensor(sign, dtype=torch.float64)
+        self.total: torch.Tensor | None = None
+        self.n = 0
+
+    def hook(self, module: nn.Module, inp, out: torch.Tensor) -> None:
+        y = out[:, self.channels].to(torch.float64).sum(0).cpu()
+        if self.total is None:
+            self.total = torch.zeros_like(y)
+        elif self.total.shape != y.shape:
+            raise ValueError(f"map size changed from {tuple(self.total.shape[1:])} to "
+                             f"{tuple(y.shape[1:])}: probe images must share one size")
+        self.total += y
+        self.n += out.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """(len(channels), H, W) mean map; BatchNorm sign applied when one was given."""
+        if self.total is None:
+            raise ValueError("no image went through the recorded layer")
+        m = self.total / self.n
+        return m * self.sign.view(-1, 1, 1) if self.sign is not None else m
+
+
+@contextmanager
+def recording(model: nn.Module, layers: Mapping[str, Sequence[int]],
+              signs: Mapping[str, Sequence[float]] | None = None
+              ) -> Iterator[dict[str, MapRecorder]]:
+    """Hook ``layers`` (name -> channels) of ``model``; hooks removed on exit, also on error."""
+    modules = dict(model.named_modules())
+    missing = [n for n in layers if n not in modules]
+    if missing:
+        raise KeyError(f"no layer named {', '.join(missing)} in the model")
+    recs = {n: MapRecorder(ch, (signs or {}).get(n)) for n, ch in layers.items()}
+    handles = [modules[n].register_forward_hook(recs[n].hook) for n in layers]
+    try:
+        yield recs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def record_maps(model: nn.Module, layers: Mapping[str, Sequence[int]], images, *,
+                batch_size: int = 32, signs: Mapping[str, Sequence[float]] | None = None
+                ) -> dict[str, torch.Tensor]:
+    """Mean (over ``images``) output map of chosen channels of several layers, one pass."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with recording(model, layers, signs) as recs, torch.inference_mode():
+            for x in iter_batches(images, batch_size):
+                model(x.to(device))
+    finally:
+        model.train(was_training)
+    return {n: r.mean for n, r in recs.items()}
+
+
+def record_channel_maps(model: nn.Module, layer: str, channels: Sequence[int], images, *,
+                        batch_size: int = 32) -> torch.Tensor:
+    """(len(channels), H, W): the mean map of ``channels`` of ``layer`` over ``images``."""
+    return record_maps(model, {layer: channels}, images, batch_size=batch_size)[layer]
+
+
+def maps_table(maps: torch.Tensor, meta: pd.DataFrame) -> pd.DataFrame:
+    """Long table (meta columns..., row, col, value) of (K, H, W) ``maps``, one meta row each."""
+    k, h, w = maps.shape
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    frames = [meta.iloc[[i]].loc[meta.index[[i]].repeat(h * w)].reset_index(drop=True).assign(
+        row=rows.ravel(), col=cols.ravel(), value=maps[i].numpy().ravel())
+        for i in range(k)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def bn_signs(model: nn.Module, size: int) -> dict[str, np.ndarray]:
+    """Per padded conv, the sign of the BatchNorm weight that consumes it (+1 without one)."""
+    return {s.name: (s.bn_sign.numpy() if s.bn_sign is not None
+                     else np.ones(s.module.out_channels)) for s in discover(model, size)}
+
+
+def pick_examples(pans: pd.DataFrame, scores: pd.DataFrame, n_pans: int = 4,
+                  n_other: int = 4) -> tuple[str, pd.DataFrame]:
+    """The layer of the strongest PAN; its ``n_pans`` strongest PANs and ``n_other`` typical
+    non-PANs (max |d| closest to the layer's median among non-PANs)."""
+    top = pans.sort_values("score", ascending=False).iloc[0]
+    layer = top["layer"]
+    chosen = pans[pans["layer"] == layer].nlargest(n_pans, "score")
+    chosen = chosen.assign(kind="PAN", max_abs_d=chosen["score"])[
+        ["layer", "channel", "kind", "sides", "max_abs_d"]]
+    others = scores[(scores["layer"] == layer) & ~scores["pan"]].copy()
+    med = others["max_abs_d"].median()
+    others = others.iloc[np.argsort(np.abs(others["max_abs_d"].to_numpy() - med),
+                                    kind="stable")[:n_other]]
+    others = others.assign(kind="non-PAN", sides="")[
+        ["layer", "channel", "kind", "sides", "max_abs_d"]]
+    return layer, pd.concat([chosen, others], ignore_index=True)
+
+
+def example_maps(model_name: str, settings: Mapping[str, Any], pans: pd.DataFrame,
+                 scores: pd.DataFrame, n_pans: int = 4, n_other: int = 4) -> pd.DataFrame:
+    """Mean activation maps (BatchNorm sign folded in) of the strongest PANs of one layer
+    beside typical non-PANs of that layer, pre-trained weights, on the scan probes."""
+    pans = pans[(pans["model"] == model_name) & (pans["weights"] == "pretrained")]
+    scores = scores[(scores["model"] == model_name) & (scores["condition"] == "pretrained")]
+    if pans.empty:
+        return pd.DataFrame()
+    layer, chosen = pick_examples(pans, scores, n_pans, n_other)
+    loaded = load_model(model_name)
+    loaded.model.to(settings.get("device") or "cpu")
+    size = input_size(loaded, settings)
+    sign = bn_signs(loaded.model, size)[layer][chosen["channel"].to_numpy()]
+    maps = record_maps(loaded.model, {layer: chosen["channel"].tolist()},
+                       probe_images(loaded, settings, size, n=MAP_IMAGES),
+                       batch_size=settings["batch_size"], signs={layer: sign})[layer]
+    return maps_table(maps.float(), chosen.assign(model=model_name)[
+        ["model", "layer", "channel", "kind", "sides", "max_abs_d"]])

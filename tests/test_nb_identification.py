@@ -1,0 +1,108 @@
+"""Assertions on the tables that notebooks 01 and 02 write under the smoke profile.
+
+``smoke_results`` (tests/conftest.py) runs every notebook with profile smoke into a
+temporary folder and returns it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pan_utils.reproduce import read_table
+from pan_utils.taxonomy import pan_type
+
+COUNT_COLUMNS = {"model", "weights", "candidate_layers", "candidate_channels", "pans",
+                 "pan_fraction", "tau", "q", "n_images", "circular_null_pans"}
+PAN_COLUMNS = {"model", "weights", "layer", "channel", "sides", "corners", "polarity", "type",
+               "score", "d_top", "d_bottom", "d_left", "d_right", "consistency"}
+
+
+@pytest.fixture(scope="module")
+def tables(smoke_results):
+    names = ("pan_counts", "pans", "pan_sensitivity", "pan_layers", "channel_scores",
+             "taxonomy", "kernel_mass", "uneven_padding_layers", "uneven_padding_pans")
+    return {n: read_table(smoke_results, n) for n in names}
+
+
+def test_columns_present(tables):
+    assert COUNT_COLUMNS <= set(tables["pan_counts"].columns)
+    assert PAN_COLUMNS <= set(tables["pans"].columns)
+    assert {"model", "weights", "condition", "tau", "pans"} <= set(
+        tables["pan_sensitivity"].columns)
+    assert {"model", "weights", "layer", "order", "depth", "candidate_channels", "pans"} <= set(
+        tables["pan_layers"].columns)
+    assert set(tables["pan_counts"]["weights"]) == {"pretrained", "random-init"}
+
+
+def test_pan_rows_match_counts(tables):
+    counts = tables["pan_counts"].set_index(["model", "weights"])["pans"]
+    rows = tables["pans"].groupby(["model", "weights"]).size()
+    for key, n in counts.items():
+        assert rows.get(key, 0) == n
+    layers = tables["pan_layers"].groupby(["model", "weights"])["pans"].sum()
+    assert (layers.reindex(counts.index) == counts).all()
+
+
+def test_pans_are_significant_and_well_formed(tables):
+    pans = tables["pans"]
+    counts = tables["pan_counts"].iloc[0]
+    assert (pans["score"] >= counts["tau"]).all()
+    assert (pans["consistency"] >= counts["q"]).all()
+    assert pans["polarity"].isin(["+", "-", "mixed"]).all()
+    assert (pans["type"] == [pan_type(s, c) for s, c in zip(pans["sides"], pans["corners"])]).all()
+    assert not pans.duplicated(["model", "weights", "layer", "channel"]).any()
+    assert pans["depth"].between(0, 1).all()
+
+
+def test_pretrained_beats_circular_null(tables):
+    c = tables["pan_counts"]
+    pre = c[c["weights"] == "pretrained"]
+    assert (pre["pans"] > 0).all()
+    assert (pre["circular_null_pans"] < pre["pans"]).all()
+
+
+def test_pretrained_beats_random_init(tables):
+    counts = tables["pan_counts"]
+    # Needs probes of at least ~128 px: below that the deepest MobileNetV2 maps keep a
+    # single interior position and random weights score as many border channels.
+    assert (counts["image_size"] >= 128).all()
+    c = counts.pivot(index="model", columns="weights", values="pans")
+    assert (c["random-init"] < c["pretrained"]).all()
+
+
+def test_sensitivity_matches_counts_and_decreases(tables):
+    s, c = tables["pan_sensitivity"], tables["pan_counts"]
+    for r in c.itertuples():
+        at = s[(s["model"] == r.model) & (s["weights"] == r.weights) & (s["tau"] == r.tau)]
+        assert at.loc[at["condition"] == r.weights, "pans"].item() == r.pans
+        assert at.loc[at["condition"] == "circular null", "pans"].item() == r.circular_null_pans
+    for _, g in s.groupby(["model", "weights", "condition"]):
+        assert (np.diff(g.sort_values("tau")["pans"].to_numpy()) <= 0).all()
+
+
+def test_taxonomy_totals_equal_pan_rows(tables):
+    tax, pans = tables["taxonomy"], tables["pans"]
+    assert tax["pans"].sum() == len(pans)
+    assert (tax.groupby(["model", "weights"])["pans"].sum()
+            == pans.groupby(["model", "weights"]).size()).all()
+
+
+def test_kernel_mass_is_a_fraction(tables):
+    m = tables["kernel_mass"]
+    assert len(m) and m["mass"].between(0, 1).all()
+    assert (m["detects_side"] <= m["pan"]).all()
+
+
+def test_uneven_padding_stride_two_blind_at_even_size(tables):
+    layers = tables["uneven_padding_layers"]
+    for model, g in layers.groupby("model"):
+        s = g["size"].min()
+        even = g[(g["size"] == s) & (g["stride_h"] == 2)]
+        if s % 2 == 0 and model == "mobilenet_v2":  # symmetric padding: stride 2 drops B/R
+            assert (even["band_bottom"] == 0).all() and (even["band_right"] == 0).all()
+            odd = g[(g["size"] == s + 1) & (g["stride_h"] == 2)]
+            assert (odd["band_bottom"] > 0).any()
+    up = tables["uneven_padding_pans"]
+    assert set(up["side"]) >= {"T", "B", "L", "R"}
+    assert up["size"].nunique() == 2
