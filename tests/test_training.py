@@ -1,0 +1,161 @@
+"""The padding-policy nets and tasks of notebook 04: shapes, equivariance, determinism,
+disjoint splits, and that the location task separates bordered from borderless nets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from pan_utils import training
+from pan_utils.training import POLICIES, build_model, feature_size
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(min(n, 2))
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("size", [32, 48])
+def test_shapes_per_policy(policy, size):
+    m = build_model(policy, 7, width=4, depth=1, image_size=size).eval()
+    x = torch.randn(2, 3, size, size)
+    stem = m.stem(x)
+    f = m.features(x)
+    expect = feature_size(size, 1, policy)
+    assert m(x).shape == (2, 7)
+    assert f.shape == (2, 16, expect, expect)
+    if policy == "valid":
+        assert stem.shape[-1] == size - 2  # no padding: each 3x3 conv trims one pixel per side
+        assert expect == {32: 2, 48: 6}[size]
+    else:
+        assert stem.shape[-1] == size and expect == size // 4
+
+
+def test_valid_too_small_is_a_clear_error():
+    with pytest.raises(training.TrainingError, match="at least"):
+        build_model("valid", 3, depth=1, image_size=training.min_valid_size(1) - 1)
+    with pytest.raises(training.TrainingError, match="padding"):
+        build_model("same", 3)
+
+
+def _randomise_bn(m):
+    g = torch.Generator().manual_seed(1)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.1)
+            mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+    return m.eval()
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_circular_net_is_translation_equivariant(depth):
+    m = _randomise_bn(build_model("circular", 5, width=4, depth=depth, seed=3))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    m = m.double()
+    s = m.total_stride
+    with torch.no_grad():
+        f, fr = m.features(x), m.features(torch.roll(x, (s, 2 * s), (-2, -1)))
+        torch.testing.assert_close(fr, torch.roll(f, (1, 2), (-2, -1)))
+        torch.testing.assert_close(m(torch.roll(x, (16, 16), (-2, -1))), m(x))
+    # control: a zero-padded net is not (the border moves relative to the content)
+    z = _randomise_bn(build_model("zeros", 5, width=4, depth=depth, seed=3)).double()
+    with torch.no_grad():
+        assert not torch.allclose(z(torch.roll(x, (16, 16), (-2, -1))), z(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_valid_net_is_translation_equivariant_on_the_interior(depth):
+    m = _randomise_bn(build_model("valid", 5, width=4, depth=depth, seed=4)).double()
+    big = torch.randn(1, 3, 72, 72, dtype=torch.float64)
+    s = m.total_stride
+    with torch.no_grad():
+        a = m.features(big[..., :68, :68])
+        b = m.features(big[..., s:68 + s, s:68 + s])
+    assert a.shape[-1] >= 2
+    torch.testing.assert_close(a[..., 1:, 1:], b[..., :-1, :-1])
+
+
+def test_location_classes_swap_under_half_roll_for_circular_nets():
+    """The construction that makes the location task unsolvable without a border."""
+    data = training.location_task(8, 4, size=40, obj=12, seed=5)
+    m = _randomise_bn(build_model("circular", 4, width=4, seed=0))
+    x = data.x_train
+    with torch.no_grad():
+        torch.testing.assert_close(m(torch.roll(x, 20, -1)), m(x), atol=1e-4, rtol=1e-4)
+
+
+def test_location_task_needs_a_border():
+    """A small zero-padded net learns the quadrant; a circular one stays near chance."""
+    data = training.location_task(512, 256, size=40, obj=12, seed=0)
+    acc = {}
+    for policy in ("zeros", "circular"):
+        m = build_model(policy, 4, width=8, depth=1, image_size=40, seed=0)
+        training.train_model(m, data, epochs=6, batch_size=64, lr=5e-3, seed=0,
+                             progress=False)
+        acc[policy] = training.evaluate(m, data)
+    assert acc["zeros"] >= 0.6, acc
+    assert acc["circular"] <= 0.4, acc
+
+
+def test_datasets_are_deterministic():
+    for make in (training.content_task, training.location_task):
+        a, b = make(24, 12, seed=7), make(24, 12, seed=7)
+        c = make(24, 12, seed=8)
+        assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train)
+        assert torch.equal(a.x_test, b.x_test) and torch.equal(a.y_test, b.y_test)
+        assert not torch.equal(a.x_train, c.x_train)
+        assert sorted(set(a.y_train.tolist())) == list(range(len(a.classes)))
+
+
+def test_content_train_and_test_regions_are_disjoint():
+    for w in (100, 384, 641):
+        (a0, a1), (b0, b1) = training.content_regions(w, 0.7)
+        assert a0 == 0 and a1 == b0 and b1 == w and 0 < a1 < w
+    # photos whose train columns are black and test columns white: any leak shows
+    photos = []
+    for i, (h, w) in enumerate([(120, 200), (150, 170), (90, 300)]):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:, training.content_regions(w)[1][0]:] = 255
+        photos.append((f"p{i}", img))
+    data = training.content_task(30, 30, size=16, seed=0, photos=photos, min_crop=16,
+                                 max_crop=40, photo_side=None)
+    lo = (0 - training.TASK_MEAN[0]) / training.TASK_STD[0]
+    hi = (1 - training.TASK_MEAN[0]) / training.TASK_STD[0]
+    assert torch.allclose(data.x_train, torch.full_like(data.x_train, lo))
+    assert torch.allclose(data.x_test, torch.full_like(data.x_test, hi))
+
+
+def test_scan_counts_for_valid_and_circular():
+    x = torch.randn(8, 3, 32, 32)
+    for policy in ("valid", "circular"):
+        m = build_model(policy, 3, width=4, seed=0).eval()
+        pans, counts = training.scan_trained(m, x)
+        assert counts["pans"] == 0 and not pans.get("is_pan", pd.Series([], dtype=bool)).any()
+        assert counts["candidates"] == (0 if policy == "valid" else 60)
+    m = build_model("zeros", 3, width=4, seed=0)
+    assert training.candidate_channels(m, 32) == 4 + 2 * 4 + 2 * 8 + 2 * 16
+
+
+def test_imagefolder_task_and_one_training_step(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            arr = rng.integers(0, 256, (40 + i, 36, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / cls / f"{i}.png")
+    data = training.imagefolder_task(tmp_path, size=32, test_frac=0.2, seed=0)
+    assert data.classes == ["cats", "dogs"]
+    assert data.n_train == 8 and data.n_test == 2
+    assert data.x_test.shape == (2, 3, 32, 32)
+    row, model, _ = training.run_one(data, "zeros", 0, width=4, epochs=1, batch_size=4,
+                                     n_scan=2, progress=False)
+    assert row["steps"] == 2 and 0 <= row["test_accuracy"] <= 1
+    with pytest.raises(training.ProbeError):
+        training.imagefolder_task(tmp_path / "missing")
