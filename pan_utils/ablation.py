@@ -19,9 +19,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from .models import device_of
 from .padding import ConvSite, discover, padding_policy
+from .probes import iter_batches
+from .progress import progress_bar
 
 HOWS = ("mean", "border")
 PLACEMENTS = ("centre", "corner")
@@ -33,11 +35,6 @@ class AblationError(ValueError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _pairs(layers_channels) -> list[tuple[str, int]]:
@@ -62,20 +59,6 @@ def _module(model: nn.Module, layer: str) -> nn.Module:
     return mod
 
 
-def _batches(images, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """(images, labels or None) from a tensor, a probe with ``batches`` or an iterable."""
-    if isinstance(images, torch.Tensor):
-        for i in range(0, images.shape[0], batch_size):
-            yield images[i:i + batch_size], None
-        return
-    source = images.batches(batch_size) if hasattr(images, "batches") else images
-    for item in source:
-        if isinstance(item, (tuple, list)):
-            yield item[0], (item[1] if len(item) > 1 else None)
-        else:
-            yield item, None
-
-
 def _n_images(images) -> int | None:
     if isinstance(images, torch.Tensor):
         return int(images.shape[0])
@@ -88,7 +71,7 @@ def _n_images(images) -> int | None:
 def first_images(images, n: int, batch_size: int = 64) -> torch.Tensor:
     """The first ``n`` images of a tensor, probe or iterable of batches, as one tensor."""
     out, have = [], 0
-    for x, _ in _batches(images, batch_size):
+    for x in iter_batches(images, batch_size):
         out.append(x[:n - have])
         have += out[-1].shape[0]
         if have >= n:
@@ -117,7 +100,7 @@ def interior_means(model: nn.Module, layers_channels, images, *, batch_size: int
     pairs = _pairs(layers_channels)
     if not pairs:
         return pd.DataFrame(columns=["layer", "channel", "interior_mean", "n_images"])
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else device_of(model)
     layers = list(dict.fromkeys(layer for layer, _ in pairs))
     mods = {layer: _module(model, layer) for layer in layers}
     sums: dict[str, torch.Tensor] = {}
@@ -136,10 +119,10 @@ def interior_means(model: nn.Module, layers_channels, images, *, batch_size: int
     was_training = model.training
     model.eval()
     handles = []
-    bar = tqdm(desc="interior means", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(desc="interior means", unit="img", enabled=progress, leave=False)
     try:
         with torch.inference_mode():
-            for x, _ in _batches(images, batch_size):
+            for x in iter_batches(images, batch_size):
                 x = x.to(device)
                 if not bands:
                     sites = {s.module: s for s in discover(model, tuple(x.shape[-2:]))}
@@ -351,7 +334,7 @@ def evaluate_conditions(model: nn.Module, images, conditions: Sequence[Condition
     n_ablated); class_shift one row per condition, draw and class predicted by either
     (class_index, class_name, count_intact, count_condition, shift).
     """
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else device_of(model)
     if not conditions or conditions[0].name != "intact":
         conditions = [Condition("intact", 0, 0, lambda m: nullcontext(m)), *conditions]
     k = len(conditions)
@@ -362,11 +345,11 @@ def evaluate_conditions(model: nn.Module, images, conditions: Sequence[Condition
     n, n_labelled = 0, 0
     was_training = model.training
     model.eval()
-    bar = tqdm(total=_n_images(images), desc=f"ablation {model_name}".strip(), unit="img",
-               disable=not progress, leave=False)
+    bar = progress_bar(total=_n_images(images), desc=f"ablation {model_name}".strip(),
+                       unit="img", enabled=progress, leave=False)
     try:
         with torch.inference_mode():
-            for x, y in _batches(images, batch_size):
+            for x, y in iter_batches(images, batch_size, labels=True):
                 x = x.to(device)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)

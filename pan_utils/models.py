@@ -198,6 +198,12 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model.eval()
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU for a parameter-free module)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def random_init(model: nn.Module, seed: int = 0) -> nn.Module:
     """A copy of ``model`` with freshly initialised weights: the untrained baseline."""
     fresh = copy.deepcopy(model)

@@ -207,10 +207,11 @@ class ImageFolderProbe:
                           stacklevel=2)
 
 
-def iter_batches(images, batch_size: int = 32) -> Iterator[torch.Tensor]:
+def iter_batches(images, batch_size: int = 32, *, labels: bool = False) -> Iterator:
     """Image batches from a tensor, a probe object or an iterable of batches.
 
-    Items may be tensors or (tensor, labels) pairs; only the images are yielded. A tensor
+    Items may be tensors or (tensor, labels) pairs; only the images are yielded, or
+    (images, labels or None) pairs with ``labels=True``. A tensor
     is cut so that no batch holds a single image (unless it has only one): a last lone
     image joins the batch before it, since some models cannot run a batch of 1.
     """
@@ -222,11 +223,14 @@ def iter_batches(images, batch_size: int = 32) -> Iterator[torch.Tensor]:
         if batch_size > 1 and len(starts) > 1 and n - starts[-1] == 1:
             starts.pop()
         for k, i in enumerate(starts):
-            yield images[i:starts[k + 1] if k + 1 < len(starts) else n]
+            x = images[i:starts[k + 1] if k + 1 < len(starts) else n]
+            yield (x, None) if labels else x
         return
     source: Iterable = images.batches(batch_size) if hasattr(images, "batches") else images
     for item in source:
-        x = item[0] if isinstance(item, (tuple, list)) else item
+        pair = isinstance(item, (tuple, list))
+        x = item[0] if pair else item
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             raise ProbeError("each batch must be an N×C×H×W tensor or a (tensor, labels) pair")
-        yield x
+        y = item[1] if pair and len(item) > 1 else None
+        yield (x, y) if labels else x

@@ -198,7 +198,9 @@ def _project_kernel():
         spec_dir.mkdir(parents=True)
         spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
                 "display_name": "Python 3 (pan_utils)", "language": "python",
-                "metadata": {"debugger": True}}
+                "metadata": {"debugger": True},
+                # papermill shows progress per cell; bars stored in a notebook are noise
+                "env": {"PAN_UTILS_PROGRESS": "0"}}
         (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
         old = os.environ.get("JUPYTER_PATH")
         os.environ["JUPYTER_PATH"] = os.pathsep.join([tmp] + ([old] if old else []))

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from .models import device_of
 from .padding import CORNERS, REGIONS, SIDES, ConvSite, discover, padding_policy
 from .probes import iter_batches
+from .progress import progress_bar
 from .taxonomy import pan_type
 
 SIDE_NAMES = {"T": "top", "B": "bottom", "L": "left", "R": "right"}
@@ -181,11 +182,6 @@ def _hooks(accs: dict[nn.Module, _Accumulator]) -> Iterator[None]:
             h.remove()
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def candidate_sites(model: nn.Module, input_size: tuple[int, int]) -> list[ConvSite]:
     sites = [s for s in discover(model, input_size) if s.is_candidate]
     return sites
@@ -205,15 +201,15 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
     that memory format (faster convolutions on CPU; the model itself is not changed).
     """
     modes = tuple(modes) if modes else (("native", NULL_MODE) if null else ("native",))
-    device = torch.device(device) if device is not None else _device_of(model)
-    if device.type != _device_of(model).type:
-        raise ScanError(f"the model is on {_device_of(model)}, not {device}: move it first "
+    device = torch.device(device) if device is not None else device_of(model)
+    if device.type != device_of(model).type:
+        raise ScanError(f"the model is on {device_of(model)}, not {device}: move it first "
                         f"(model.to('{device}'))")
     was_training = model.training
     model.eval()
     accs: dict[str, dict[nn.Module, _Accumulator]] | None = None
     sites: list[ConvSite] = []
-    bar = tqdm(desc=desc, unit="img", disable=not progress, leave=False)
+    bar = progress_bar(desc=desc, unit="img", enabled=progress, leave=False)
     try:
         with torch.inference_mode():
             for x in iter_batches(images, batch_size):

@@ -30,10 +30,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .padding import discover
 from .probes import ProbeError, bundled_photos, random_crop_box
+from .progress import progress_bar
 from .scan import ScanError, decide_pans, find_pans
 
 POLICIES = ("zeros", "reflect", "replicate", "circular", "valid")
@@ -476,7 +476,7 @@ def train_model(model: nn.Module, data: TaskData, *, epochs: int = 4, batch_size
     model.train()
     step, loss_v = 0, float("nan")
     t0 = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=desc, unit="step", enabled=progress, leave=False)
     try:
         while step < total:
             for x, y in _train_batches(data, batch_size, gen):
@@ -586,7 +586,7 @@ def run_comparison(tasks: Sequence[TaskData], policies: Sequence[str] = POLICIES
     models of policy/seed ``keep`` per task (for the activation-map figure)."""
     rows, models, pans_kept = [], {}, {}
     jobs = [(t, p, s) for t in tasks for p in policies for s in seeds]
-    for data, policy, seed in tqdm(jobs, desc="trainings", disable=not progress):
+    for data, policy, seed in progress_bar(jobs, desc="trainings", enabled=progress):
         row, model, pans = run_one(data, policy, seed, progress=False, **kw)
         rows.append(row)
         if (policy, seed) == tuple(keep):
@@ -613,44 +613,23 @@ def pan_mean_maps(model: nn.Module, images: torch.Tensor, pans: pd.DataFrame, *,
                   n: int = 6, batch_size: int = 128) -> pd.DataFrame:
     """Mean activation map over ``images`` of the ``n`` highest-scoring PANs (conv
     output, BatchNorm sign folded in as in the scan), one row per (pan, y, x)."""
+    from .identification import maps_table, record_maps
+
+    cols = ["pan", "layer", "channel", "sides", "score", "is_pan", "y", "x", "activation"]
     if pans is None or len(pans) == 0:
-        return pd.DataFrame(columns=["pan", "layer", "channel", "sides", "score", "is_pan",
-                                     "y", "x", "activation"])
+        return pd.DataFrame(columns=cols)
     top = pans.sort_values("score", ascending=False).head(n).reset_index(drop=True)
-    modules = dict(model.named_modules())
+    top = top.assign(pan=top.index, channel=top["channel"].astype(int),
+                     is_pan=top["is_pan"].astype(bool) if "is_pan" in top else True)
     sites = {s.name: s for s in discover(model, int(images.shape[-1]))}
-    sums: dict[int, torch.Tensor] = {}
-    handles = []
-    wanted: dict[str, list[tuple[int, int]]] = {}
-    for i, r in top.iterrows():
-        wanted.setdefault(r["layer"], []).append((i, int(r["channel"])))
-
-    def make_hook(layer):
-        def hook(mod, inp, out):
-            for i, c in wanted[layer]:
-                m = out[:, c].float().sum(0)
-                sums[i] = sums.get(i, 0) + m
-        return hook
-
-    for layer in wanted:
-        handles.append(modules[layer].register_forward_hook(make_hook(layer)))
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for i in range(0, images.shape[0], batch_size):
-                model(images[i:i + batch_size].contiguous(memory_format=torch.channels_last))
-    finally:
-        for h in handles:
-            h.remove()
-    rows = []
-    for i, r in top.iterrows():
-        site = sites[r["layer"]]
-        sign = float(site.bn_sign[int(r["channel"])]) if site.bn_sign is not None else 1.0
-        m = (sums[i] / images.shape[0] * sign).cpu().numpy()
-        for y in range(m.shape[0]):
-            for x in range(m.shape[1]):
-                rows.append({"pan": i, "layer": r["layer"], "channel": int(r["channel"]),
-                             "sides": r["sides"], "score": float(r["score"]),
-                             "is_pan": bool(r.get("is_pan", True)), "y": y, "x": x,
-                             "activation": float(m[y, x])})
-    return pd.DataFrame(rows)
+    layers = {layer: g["channel"].tolist() for layer, g in top.groupby("layer", sort=False)}
+    signs = {layer: [float(sites[layer].bn_sign[c]) if sites[layer].bn_sign is not None
+                     else 1.0 for c in chans] for layer, chans in layers.items()}
+    maps = record_maps(model, layers, images, batch_size=batch_size, signs=signs)
+    frames = [maps_table(maps[layer][[chans.index(c) for c in g["channel"]]].cpu(),
+                         g[["pan", "layer", "channel", "sides", "score", "is_pan"]])
+              for layer, g in top.groupby("layer", sort=False)
+              for chans in [layers[layer]]]
+    out = pd.concat(frames, ignore_index=True).rename(
+        columns={"row": "y", "col": "x", "value": "activation"})
+    return out.sort_values(["pan", "y", "x"], ignore_index=True)[cols]

@@ -159,3 +159,25 @@ def test_imagefolder_task_and_one_training_step(tmp_path):
     assert row["steps"] == 2 and 0 <= row["test_accuracy"] <= 1
     with pytest.raises(training.ProbeError):
         training.imagefolder_task(tmp_path / "missing")
+
+
+def test_pan_mean_maps_equal_brute_force_means_with_bn_sign():
+    import pandas as pd
+    from torch import nn
+
+    from pan_utils.training import pan_mean_maps
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():
+        net[1].weight[2] = -1.0
+    x = torch.randn(10, 3, 8, 8)
+    pans = pd.DataFrame({"layer": ["0", "0"], "channel": [2, 1], "sides": ["T", "L"],
+                         "score": [5.0, 4.0]})
+    maps = pan_mean_maps(net, x, pans, batch_size=3)
+    with torch.no_grad():
+        y = net[0](x).mean(0)
+    for pan, channel, sign in ((0, 2, -1.0), (1, 1, 1.0)):
+        got = maps[maps["pan"] == pan].pivot(index="y", columns="x", values="activation")
+        assert torch.allclose(torch.tensor(got.to_numpy(), dtype=torch.float32),
+                              sign * y[channel], atol=1e-5)
