@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -156,7 +157,7 @@ def bench_model(args, name: str) -> None:
     if args.memory:
         small, large = args.memory
         for m in ("scan", "find_pans") + (("naive",) if not args.skip_naive else ()):
-            ns = (small,) if m == "naive" and args.quick else (small, large)
+            ns = (small, large) if m != "naive" or args.naive_memory else (small,)
             mem = [measure_memory(args, name, m, n) for n in ns]
             text = "   ".join(f"N={n}: {v:7.1f} MB" for n, v in zip(ns, mem))
             print(f"  peak memory {m:10s} {text}")
@@ -176,6 +177,8 @@ def main(argv=None) -> None:
                     help="numbers of images for the peak-memory comparison")
     ap.add_argument("--no-memory", dest="memory", action="store_const", const=None)
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--naive-memory", action="store_true",
+                    help="also measure the naive reference's memory at N2 (several GB)")
     ap.add_argument("--quick", action="store_true",
                     help="MobileNetV2 only, 64 images, 2 repeats, memory at 32 vs 128")
     ap.add_argument("--child", choices=list(METHODS), help=argparse.SUPPRESS)
@@ -184,6 +187,8 @@ def main(argv=None) -> None:
     if args.child:
         return child_memory(args)
     torch.set_num_threads(args.threads)
+    print("MALLOC_MMAP_THRESHOLD_ =", os.environ.get("MALLOC_MMAP_THRESHOLD_", "unset"),
+          "(make bench sets it: see the Makefile)")
     if args.quick:
         args.models, args.n_images, args.repeats = args.models[:1], 64, 2
         args.memory = [32, 128] if args.memory else None
