@@ -53,24 +53,21 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _tau(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return v
+def _float_in(ok, requirement: str):
+    """An argparse type: a float for which ``ok`` holds, else '<requirement>, got ...'."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{requirement}, got {text}")
+        return v
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return v
+_tau = _float_in(lambda v: v > 0 and math.isfinite(v), "must be a finite number > 0")
+_fraction = _float_in(lambda v: 0 <= v <= 1, "must be in [0, 1]")
 
 
 def _image_size(text: str) -> tuple[int, int]:

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import platform
+import re
+import subprocess
+import sys
 import tempfile
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -140,16 +148,6 @@ def save_figure(fig, out_dir: str | Path, name: str) -> Path:
 # --------------------------------------------------------------------------------------
 # The runner: executes notebooks with papermill, writes them atomically, keeps a manifest.
 # --------------------------------------------------------------------------------------
-
-import contextlib
-import json
-import platform
-import re
-import shutil
-import subprocess
-import sys
-import time
-from datetime import datetime, timezone
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KERNEL_NAME = "python3"

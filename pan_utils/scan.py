@@ -46,6 +46,8 @@ class _Accumulator:
     s2: torch.Tensor | None = None  # (C,) interior sum of squares
     n_images: int = 0
     no_interior: bool = False
+    region_sizes: tuple[int, ...] = ()  # positions per region, REGIONS order
+    _counts: torch.Tensor | None = None  # the same, as a tensor on the maps' device
 
     def geometry(self, x_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
         site = self.site
@@ -60,6 +62,8 @@ class _Accumulator:
                 t = b = l = r = 0  # all border (tiny map): no interior, nothing scored
                 self.no_interior = True
             self.bands = (t, b, l, r)
+            hi, wi = out_hw[0] - t - b, out_hw[1] - l - r
+            self.region_sizes = (t * wi, b * wi, hi * l, hi * r, t * l, t * r, b * l, b * r)
         elif self.out_hw != out_hw:
             raise ScanError("all probe images of a scan must have the same size "
                             f"(layer {site.name} saw {self.out_hw} and then {out_hw})")
@@ -89,9 +93,9 @@ class _Accumulator:
         ], dim=-1)  # N, C, 8 in REGIONS order
         s_int = y.sum(dim=(2, 3), dtype=acc) - sums.sum(-1)  # N, C
         ss_int = _sum_squares(y) - sum(_sum_squares(s) for s in (top, bot, left, right))
-        counts = torch.tensor([t * wi, b * wi, hi * l, hi * r, t * l, t * r, b * l, b * r],
-                              dtype=acc, device=y.device)
-        tn = sums / counts - (s_int / (hi * wi))[..., None]  # empty band: 0/0 -> nan
+        if self._counts is None:
+            self._counts = torch.tensor(self.region_sizes, dtype=acc, device=y.device)
+        tn = sums / self._counts - (s_int / (hi * wi))[..., None]  # empty band: 0/0 -> nan
         if self.sum_t is None:
             c = y.shape[1]
             z = dict(dtype=torch.float64, device=y.device)
@@ -127,15 +131,13 @@ class _Accumulator:
                 d = mean_t / np.where(degenerate, np.nan, sigma)[:, None] * sign[:, None]
             pos, neg = self.n_pos.cpu().numpy(), self.n_neg.cpu().numpy()
             consistency = np.where(mean_t > 0, pos, np.where(mean_t < 0, neg, 0)) / self.n_images
-        widths = {"T": t * (wo - l - r), "B": b * (wo - l - r), "L": (ho - t - b) * l,
-                  "R": (ho - t - b) * r, "TL": t * l, "TR": t * r, "BL": b * l, "BR": b * r}
         channels = np.arange(d.shape[0])
         frames = []
         for k, region in enumerate(REGIONS):
-            applicable = widths[region] > 0 and not self.no_interior
+            applicable = self.region_sizes[k] > 0 and not self.no_interior
             frames.append(pd.DataFrame({
                 "layer": site.name, "order": site.order, "mode": mode, "channel": channels,
-                "side": region, "applicable": applicable, "band_positions": widths[region],
+                "side": region, "applicable": applicable, "band_positions": self.region_sizes[k],
                 "mean_contrast": mean_t[:, k] * sign, "sigma_interior": sigma,
                 "d": d[:, k] if applicable else np.nan,
                 "consistency": consistency[:, k] if applicable else np.nan,
@@ -189,11 +191,6 @@ def _hooks(accs: dict[nn.Module, _Accumulator]) -> Iterator[None]:
             h.remove()
 
 
-def candidate_sites(model: nn.Module, input_size: tuple[int, int]) -> list[ConvSite]:
-    sites = [s for s in discover(model, input_size) if s.is_candidate]
-    return sites
-
-
 def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
          device: str | torch.device | None = None, progress: bool = True,
          desc: str = "scan", modes: Sequence[str] | None = None,
@@ -224,7 +221,7 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 if accs is None:
-                    sites = candidate_sites(model, tuple(x.shape[-2:]))
+                    sites = [s for s in discover(model, tuple(x.shape[-2:])) if s.is_candidate]
                     if not sites:
                         raise ScanError("the model has no padded convolution with a kernel "
                                         "larger than 1: nothing can detect the border")
