@@ -1,18 +1,22 @@
 """How close is a PAN scan to its physical limit, one plain forward pass? (DESIGN 7)
 
-Times, in one process, interleaved and repeated, over the same images and batches:
+Times, in one process, over the same images and batches, interleaved and repeated (the
+order of the methods rotates from one repeat to the next):
   forward    plain forward pass (inference_mode, channels_last input)
   scan       scan() with all hooks, native padding
   find_pans  find_pans(): native + circular null in one pass over the images
   naive      a reference that stores every candidate conv output and reduces afterwards
-and prints medians and the ratios scan/forward, find_pans/forward and naive/scan. Peak
-memory is measured in fresh child processes (peak RSS above the loaded baseline), with
-images streamed in batches, for two numbers of images: a scan's peak must not grow.
+and prints medians and the ratios scan/forward, find_pans/forward and naive/scan. A ratio
+is the median over repeats of the two methods' times within one repeat, so that a slow
+spell of the machine hits both sides of it. Peak memory is measured in fresh child
+processes (peak RSS above the process with model and photos loaded), with images streamed
+in batches, for two numbers of images: a scan's peak must not grow with them.
 
     python benchmarks/scan_overhead.py            # MobileNetV2 + EfficientNet-Lite0
     python benchmarks/scan_overhead.py --quick    # under a minute
     python benchmarks/scan_overhead.py --models resnet18 --random-init
-This is a benchmark, not a test: it asserts nothing about time.
+This is a benchmark, not a test: it asserts nothing about time. `make bench` runs the
+quick mode with the allocator settings of the Makefile.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -28,7 +33,7 @@ import time
 
 import torch
 
-from pan_utils import bundled_images, find_pans, load_model, scan
+from pan_utils import bundled_images, find_pans, kernels, load_model, scan
 from pan_utils.padding import discover
 
 
@@ -46,13 +51,14 @@ def plain_forward(model, batches) -> None:
 
 def naive_scan(model, batches) -> dict:
     """Store every candidate conv output, then reduce: the memory-hungry reference."""
-    first = next(iter(batches))
+    batches = iter(batches)
+    first = next(batches)
     sites = [s for s in discover(model, tuple(first.shape[-2:])) if s.is_candidate]
     stored: dict[str, list[torch.Tensor]] = {s.name: [] for s in sites}
     hooks = [s.module.register_forward_hook(
         lambda m, i, o, n=s.name: stored[n].append(o.clone())) for s in sites]
     try:
-        plain_forward(model, batches)
+        plain_forward(model, [first, *batches])
     finally:
         for h in hooks:
             h.remove()
@@ -70,7 +76,7 @@ def naive_scan(model, batches) -> dict:
 
 
 METHODS = {
-    "forward": lambda m, b: plain_forward(m, b),
+    "forward": plain_forward,
     "scan": lambda m, b: scan(m, b, progress=False),
     "find_pans": lambda m, b: find_pans(m, b, progress=False),
     "naive": naive_scan,
@@ -108,13 +114,11 @@ def child_memory(args) -> None:
     torch.set_num_threads(args.threads)
     model, prep = load_model(args.model, pretrained=not args.random_init)
     size = args.image_size or prep.input_size[0]
-    bundled_images(1, size)  # photos decoded and cached before the baseline
+    x = bundled_images(2, size, mean=prep.mean, std=prep.std)  # photos decoded and cached
+    METHODS["scan"](model, [x])  # compiled kernel loaded before the baseline
     base = reset_peak_rss()
-    METHODS[args.child](model, list(image_batches(args.n_images, size, args.batch_size,
-                                                  prep.mean, prep.std))
-                        if args.child == "naive" else
-                        image_batches(args.n_images, size, args.batch_size, prep.mean,
-                                      prep.std))
+    batches = image_batches(args.n_images, size, args.batch_size, prep.mean, prep.std)
+    METHODS[args.child](model, list(batches) if args.child == "naive" else batches)
     print(json.dumps({"peak_growth_mb": peak_rss_mb() - base}))
 
 
@@ -135,28 +139,34 @@ def bench_model(args, name: str) -> None:
     batches = list(image_batches(args.n_images, size, args.batch_size, prep.mean, prep.std))
     methods = [m for m in METHODS if m != "naive" or not args.skip_naive]
     times: dict[str, list[float]] = {m: [] for m in methods}
-    METHODS["forward"](model, batches[:1])  # warm-up
-    for _ in range(args.repeats):  # interleaved: machine noise hits every method alike
-        for m in methods:
+    for m in methods:  # warm-up: first-call costs (allocator, compiled kernel) are not timed
+        METHODS[m](model, batches[:1])
+    for r in range(args.repeats):
+        for m in methods[r % len(methods):] + methods[:r % len(methods)]:
             t0 = time.perf_counter()
             METHODS[m](model, batches)
             times[m].append(time.perf_counter() - t0)
     med = {m: statistics.median(v) for m, v in times.items()}
     print(f"\n{name} ({'random-init' if args.random_init else 'pre-trained'}), "
           f"{args.n_images} images {size}x{size}, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, {args.repeats} repeats")
+          f"{args.repeats} repeats")
     for m in methods:
         spread = ", ".join(f"{v:.2f}" for v in times[m])
         print(f"  {m:10s} median {med[m]:7.2f} s   ({spread})  "
               f"{args.n_images / med[m]:6.1f} img/s")
-    print(f"  ratio scan/forward      {med['scan'] / med['forward']:.3f}   (target <= 1.2)")
-    print(f"  ratio find_pans/forward {med['find_pans'] / med['forward']:.3f}   "
-          "(two padding modes per batch: limit 2.0)")
+
+    def ratio(a: str, b: str, note: str) -> None:
+        per_repeat = [x / y for x, y in zip(times[a], times[b])]
+        print(f"  ratio {a + '/' + b:18s} {statistics.median(per_repeat):.3f}   "
+              f"(repeats {min(per_repeat):.3f}-{max(per_repeat):.3f}) {note}")
+
+    ratio("scan", "forward", "target <= 1.2")
+    ratio("find_pans", "forward", "two padding modes per batch: limit 2.0")
     if "naive" in med:
-        print(f"  ratio naive/scan        {med['naive'] / med['scan']:.3f}")
+        ratio("naive", "scan", "")
     if args.memory:
         small, large = args.memory
-        for m in ("scan", "find_pans") + (("naive",) if not args.skip_naive else ()):
+        for m in ("forward", "scan", "find_pans") + (("naive",) if not args.skip_naive else ()):
             ns = (small, large) if m != "naive" or args.naive_memory else (small,)
             mem = [measure_memory(args, name, m, n) for n in ns]
             text = "   ".join(f"N={n}: {v:7.1f} MB" for n, v in zip(ns, mem))
@@ -171,7 +181,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n-images", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--image-size", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--memory", type=int, nargs=2, default=[64, 512], metavar=("N1", "N2"),
                     help="numbers of images for the peak-memory comparison")
@@ -180,17 +190,22 @@ def main(argv=None) -> None:
     ap.add_argument("--naive-memory", action="store_true",
                     help="also measure the naive reference's memory at N2 (several GB)")
     ap.add_argument("--quick", action="store_true",
-                    help="MobileNetV2 only, 64 images, 2 repeats, memory at 32 vs 128")
+                    help="MobileNetV2 only, 64 images, 3 repeats, memory at 32 vs 128")
     ap.add_argument("--child", choices=list(METHODS), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         return child_memory(args)
     torch.set_num_threads(args.threads)
-    print("MALLOC_MMAP_THRESHOLD_ =", os.environ.get("MALLOC_MMAP_THRESHOLD_", "unset"),
-          "(make bench sets it: see the Makefile)")
+    malloc = {k: os.environ.get(k, "unset")
+              for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, compiled scan kernel: "
+          f"{'yes' if kernels.available() else 'no (PyTorch path)'}")
+    print("allocator:", ", ".join(f"{k}={v}" for k, v in malloc.items()),
+          "(make bench sets both: see the Makefile)")
     if args.quick:
-        args.models, args.n_images, args.repeats = args.models[:1], 64, 2
+        args.models, args.n_images, args.repeats = args.models[:1], 64, 3
         args.memory = [32, 128] if args.memory else None
     for name in args.models:
         bench_model(args, name)

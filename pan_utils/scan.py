@@ -1,9 +1,10 @@
 """Score every candidate channel's border contrast and decide which are PANs (DESIGN 4.3-4.4).
 
 Forward hooks reduce each conv output to a few numbers per image and channel (band sums
-and interior sums), accumulated as running sums on the model's device: no feature map
-outlives its hook, so memory does not grow with the number of images, and nothing is
-copied to the host until the end.
+and interior sums), accumulated in float64 as running sums on the model's device: no
+feature map outlives its hook, so memory does not grow with the number of images, and
+nothing is copied to the host until the end. On CPU a compiled kernel
+(``pan_utils.kernels``) does this in one read of each map; elsewhere PyTorch ops do.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .models import device_of
 from .padding import CORNERS, REGIONS, SIDES, ConvSite, discover, padding_policy
 from .probes import iter_batches
@@ -32,22 +35,39 @@ class ScanError(ValueError):
     """A scan that cannot run (no candidate layer, probe too small, mixed sizes)."""
 
 
+# Region index (REGIONS order) of an output position by its row band (top, middle,
+# bottom) and column band (left, middle, right); -1 is the interior.
+_REGION_GRID = torch.tensor([[4, 0, 5], [2, -1, 3], [6, 1, 7]])
+
+
 @dataclass
 class _Accumulator:
-    """Running sums for one conv site under one padding mode."""
+    """Running sums for one conv site under one padding mode.
+
+    Only the applicable regions (non-empty bands) are accumulated, in REGIONS order.
+    """
 
     site: ConvSite
     bands: tuple[int, int, int, int] | None = None  # top, bottom, left, right widths
     out_hw: tuple[int, int] | None = None
-    sum_t: torch.Tensor | None = None  # (C, 8) sum over images of band mean - interior mean
-    n_pos: torch.Tensor | None = None  # (C, 8) images with t > 0
-    n_neg: torch.Tensor | None = None
+    region_sizes: tuple[int, ...] = ()  # positions per region, all of REGIONS
+    regions: tuple[int, ...] = ()  # indices into REGIONS of the non-empty ones
+    n_interior: int = 0  # interior positions per map
+    n_images: int = 0
+    sum_t: torch.Tensor | None = None  # (K, C) sum over images of band mean - interior mean
+    n_sign: torch.Tensor | None = None  # (K, C) images with t > 0 minus images with t < 0
+    n_nonzero: torch.Tensor | None = None  # (K, C) images with t != 0
     s1: torch.Tensor | None = None  # (C,) interior sum over images and positions
     s2: torch.Tensor | None = None  # (C,) interior sum of squares
-    n_images: int = 0
-    no_interior: bool = False
-    region_sizes: tuple[int, ...] = ()  # positions per region, REGIONS order
-    _counts: torch.Tensor | None = None  # the same, as a tensor on the maps' device
+    # For the compiled kernel: accumulator row of each flat (row-major) position, -1 for
+    # the interior, and positions per row.
+    _rows: np.ndarray | None = None
+    _counts: np.ndarray | None = None
+    # For the PyTorch path: the border frame (flat positions outside the interior) and the
+    # (K+1, F) weights that turn it into every band's mean plus the interior-mean
+    # correction (rows 0..K-1) and the frame's sum (row K).
+    _frame: torch.Tensor | None = None
+    _weights: torch.Tensor | None = None
 
     def geometry(self, x_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
         site = self.site
@@ -55,73 +75,87 @@ class _Accumulator:
         if site.input_is_padded:
             t, b, l, r = site.pads
             in_hw = (x_hw[0] - t - b, x_hw[1] - l - r)
-        if self.out_hw is None:
-            self.out_hw = out_hw
-            t, b, l, r = site.band_widths(in_hw, out_hw)
-            if t + b >= out_hw[0] or l + r >= out_hw[1]:
-                t = b = l = r = 0  # all border (tiny map): no interior, nothing scored
-                self.no_interior = True
-            self.bands = (t, b, l, r)
-            hi, wi = out_hw[0] - t - b, out_hw[1] - l - r
-            self.region_sizes = (t * wi, b * wi, hi * l, hi * r, t * l, t * r, b * l, b * r)
-        elif self.out_hw != out_hw:
-            raise ScanError("all probe images of a scan must have the same size "
-                            f"(layer {site.name} saw {self.out_hw} and then {out_hw})")
+        if self.out_hw is not None:
+            if self.out_hw != out_hw:
+                raise ScanError("all probe images of a scan must have the same size "
+                                f"(layer {site.name} saw {self.out_hw} and then {out_hw})")
+            return
+        self.out_hw = (ho, wo) = out_hw
+        t, b, l, r = site.band_widths(in_hw, out_hw)
+        no_interior = t + b >= ho or l + r >= wo
+        if no_interior:
+            t = b = l = r = 0  # all border (tiny map): nothing to compare with, not scored
+        self.bands = (t, b, l, r)
+        self.n_interior = 0 if no_interior else (ho - t - b) * (wo - l - r)
+        row = torch.ones(ho, dtype=torch.long)
+        row[:t], row[ho - b:] = 0, 2
+        col = torch.ones(wo, dtype=torch.long)
+        col[:l], col[wo - r:] = 0, 2
+        label = _REGION_GRID[row[:, None], col[None, :]].flatten()
+        sizes = torch.bincount(label[label >= 0], minlength=len(REGIONS))
+        self.region_sizes = tuple(int(v) for v in sizes)
+        self.regions = tuple(k for k, v in enumerate(self.region_sizes) if v > 0)
+        keep = list(self.regions)
+        row_of = torch.full((len(REGIONS) + 1,), -1)  # label -1 indexes the last entry
+        row_of[keep] = torch.arange(len(keep))
+        self._rows = row_of[label].numpy()
+        self._counts = sizes[keep].double().numpy()
+        self._frame = (label >= 0).nonzero().flatten()
+        member = F.one_hot(label[self._frame], len(REGIONS)).T[keep].double()  # (K, F)
+        # t_k = sum_k / n_k - (total - frame sum) / n_int: linear in the frame, except
+        # for the total, which update() subtracts.
+        self._weights = torch.cat([member / sizes[keep, None] + 1 / max(self.n_interior, 1),
+                                   torch.ones(1, len(self._frame), dtype=torch.float64)])
 
     def update(self, y: torch.Tensor) -> None:
-        # Whole-map sums are cheap, contiguous passes; the thin border strips are summed
-        # directly and the interior is what remains, so no strided interior view is read.
-        if self.no_interior:
-            self.n_images += y.shape[0]
+        n, c = y.shape[:2]
+        self.n_images += n
+        if not self.n_interior:
             return
-        t, b, l, r = self.bands
-        ho, wo = self.out_hw
-        hi, wi = ho - t - b, wo - l - r
-        acc = torch.float32
-        top = y[:, :, :t]
-        bot = y[:, :, ho - b:]
-        left = y[:, :, t:ho - b, :l]
-        right = y[:, :, t:ho - b, wo - r:]
-        top_cols = top.sum(dim=2, dtype=acc)  # N, C, W
-        bot_cols = bot.sum(dim=2, dtype=acc)
-        mid = slice(l, wo - r)
-        sums = torch.stack([
-            top_cols[..., mid].sum(-1), bot_cols[..., mid].sum(-1),
-            left.sum(dim=(2, 3), dtype=acc), right.sum(dim=(2, 3), dtype=acc),
-            top_cols[..., :l].sum(-1), top_cols[..., wo - r:].sum(-1),
-            bot_cols[..., :l].sum(-1), bot_cols[..., wo - r:].sum(-1),
-        ], dim=-1)  # N, C, 8 in REGIONS order
-        s_int = y.sum(dim=(2, 3), dtype=acc) - sums.sum(-1)  # N, C
-        ss_int = _sum_squares(y) - sum(_sum_squares(s) for s in (top, bot, left, right))
-        if self._counts is None:
-            self._counts = torch.tensor(self.region_sizes, dtype=acc, device=y.device)
-        tn = sums / self._counts - (s_int / (hi * wi))[..., None]  # empty band: 0/0 -> nan
         if self.sum_t is None:
-            c = y.shape[1]
             z = dict(dtype=torch.float64, device=y.device)
-            self.sum_t, self.s1, self.s2 = torch.zeros(c, 8, **z), torch.zeros(c, **z), \
-                torch.zeros(c, **z)
-            self.n_pos = torch.zeros(c, 8, dtype=torch.int64, device=y.device)
-            self.n_neg = torch.zeros_like(self.n_pos)
+            k = len(self.regions)
+            self.sum_t, self.n_sign, self.n_nonzero = (torch.zeros(k, c, **z) for _ in "123")
+            self.s1, self.s2 = torch.zeros(c, **z), torch.zeros(c, **z)
+        if kernels.applies_to(y):  # CPU: one compiled pass over the map
+            kernels.accumulate_border_stats(y, self._rows, self._counts, self.n_interior,
+                                            self.sum_t, self.n_sign, self.n_nonzero,
+                                            self.s1, self.s2)
+            return
+        # PyTorch (GPU, other dtypes and layouts), in float64 like the kernel: the border
+        # frame, a thin strip, is gathered once and reduced to every band by one matmul;
+        # the interior is the whole map minus the frame, so no strided view of it is read.
+        acc = torch.float64
+        if self._frame.device != y.device:
+            self._frame, self._weights = self._frame.to(y.device), self._weights.to(y.device)
+        if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+            frame = y.permute(0, 2, 3, 1).reshape(n, -1, c).index_select(1, self._frame)
+            frame = frame.to(acc)  # N, F, C
+            proj = torch.matmul(self._weights, frame)  # N, K+1, C
+            ss_frame = frame.square().sum((0, 1))
+        else:
+            frame = y.reshape(n, c, -1).index_select(2, self._frame).to(acc)  # N, C, F
+            proj = torch.matmul(frame, self._weights.T).transpose(1, 2)  # N, K+1, C
+            ss_frame = frame.square().sum((0, 2))
+        total = y.sum(dim=(2, 3), dtype=acc)  # N, C
+        tn = proj[:, :-1] - (total / self.n_interior)[:, None]  # N, K, C
+        sign = tn.sign()  # counting signs is cheaper than two comparisons
         self.sum_t += tn.sum(0)
-        self.n_pos += (tn > 0).sum(0)
-        self.n_neg += (tn < 0).sum(0)
-        self.s1 += s_int.sum(0)
-        self.s2 += ss_int
-        self.n_images += y.shape[0]
+        self.n_sign += sign.sum(0)
+        self.n_nonzero += sign.abs_().sum(0)
+        self.s1 += (total - proj[:, -1]).sum(0)
+        self.s2 += torch.linalg.vector_norm(y, dim=(0, 2, 3), dtype=acc).square() - ss_frame
 
     def table(self, mode: str) -> pd.DataFrame:
         site = self.site
-        t, b, l, r = self.bands
-        ho, wo = self.out_hw
-        n_ch = site.module.out_channels
+        n_ch, n_reg = site.module.out_channels, len(REGIONS)
         sign = site.bn_sign.numpy() if site.bn_sign is not None else np.ones(n_ch)
-        if self.no_interior:
-            mean_t = np.full((n_ch, len(REGIONS)), np.nan)
-            sigma, d, consistency = np.full(n_ch, np.nan), mean_t, mean_t
-        else:
-            n_pos_int = (ho - t - b) * (wo - l - r) * self.n_images
-            mean_t = (self.sum_t / self.n_images).cpu().numpy()
+        mean_t, d, consistency = (np.full((n_ch, n_reg), np.nan) for _ in "123")
+        sigma = np.full(n_ch, np.nan)
+        keep = list(self.regions)
+        if self.sum_t is not None:
+            n_pos_int = self.n_interior * self.n_images
+            mean_t[:, keep] = (self.sum_t / self.n_images).T.cpu().numpy()
             mean_int = (self.s1 / n_pos_int).cpu().numpy()
             var = (self.s2 / n_pos_int).cpu().numpy() - mean_int ** 2
             sigma = np.sqrt(np.clip(var, 0, None))
@@ -129,50 +163,22 @@ class _Accumulator:
             degenerate = sigma <= 1e-6 * (np.abs(mean_int) + 1e-6)
             with np.errstate(invalid="ignore", divide="ignore"):
                 d = mean_t / np.where(degenerate, np.nan, sigma)[:, None] * sign[:, None]
-            pos, neg = self.n_pos.cpu().numpy(), self.n_neg.cpu().numpy()
-            consistency = np.where(mean_t > 0, pos, np.where(mean_t < 0, neg, 0)) / self.n_images
-        channels = np.arange(d.shape[0])
-        frames = []
-        for k, region in enumerate(REGIONS):
-            applicable = self.region_sizes[k] > 0 and not self.no_interior
-            frames.append(pd.DataFrame({
-                "layer": site.name, "order": site.order, "mode": mode, "channel": channels,
-                "side": region, "applicable": applicable, "band_positions": self.region_sizes[k],
-                "mean_contrast": mean_t[:, k] * sign, "sigma_interior": sigma,
-                "d": d[:, k] if applicable else np.nan,
-                "consistency": consistency[:, k] if applicable else np.nan,
-                "bn_sign": sign.astype(int), "n_images": self.n_images,
-            }))
-        return pd.concat(frames, ignore_index=True)
-
-
-def _sum_squares(y: torch.Tensor, block: int = 1 << 18) -> torch.Tensor:
-    """Per-channel sum of squares of N×C×H×W ``y`` in float32, without a full-size temporary.
-
-    On CPU a channels-last map is squared in cache-sized row blocks into one reused
-    buffer: ``y.square().sum()`` would write and re-read a copy of the whole map, and a
-    fresh block per step costs a page-faulting allocation each time.
-    """
-    acc = torch.float32
-    c = y.shape[1]
-    if y.numel() == 0:
-        return torch.zeros(c, dtype=acc, device=y.device)
-    if y.device.type != "cpu" or y.dtype != acc:
-        return torch.linalg.vector_norm(y, dim=(0, 2, 3), dtype=acc).square()
-    if y.is_contiguous():
-        return torch.linalg.vector_norm(y.flatten(2), dim=2).square().sum(0)
-    if not y.is_contiguous(memory_format=torch.channels_last):
-        return y.square().sum(dim=(0, 2, 3))
-    m = y.permute(0, 2, 3, 1).reshape(-1, c)  # a view: one row per position
-    rows = max(1, block // c)
-    buf = torch.empty(min(rows, m.shape[0]), c, dtype=acc)
-    out = torch.zeros(c, dtype=acc)
-    for i in range(0, m.shape[0], rows):
-        part = m[i:i + rows]
-        sq = buf[:part.shape[0]]
-        torch.mul(part, part, out=sq)
-        out += sq.sum(0)
-    return out
+            sg, nz = self.n_sign.T.cpu().numpy(), self.n_nonzero.T.cpu().numpy()
+            m = mean_t[:, keep]
+            consistency[:, keep] = np.where(m > 0, (nz + sg) / 2,
+                                            np.where(m < 0, (nz - sg) / 2, 0)) / self.n_images
+        applicable = np.isin(np.arange(n_reg), keep)
+        # Region-major rows: all channels of T, then of B, ... (REGIONS order).
+        return pd.DataFrame({
+            "layer": site.name, "order": site.order, "mode": mode,
+            "channel": np.tile(np.arange(n_ch), n_reg),
+            "side": np.repeat(REGIONS, n_ch), "applicable": np.repeat(applicable, n_ch),
+            "band_positions": np.repeat(self.region_sizes, n_ch),
+            "mean_contrast": (mean_t * sign[:, None]).T.ravel(),
+            "sigma_interior": np.tile(sigma, n_reg), "d": d.T.ravel(),
+            "consistency": consistency.T.ravel(),
+            "bn_sign": np.tile(sign.astype(int), n_reg), "n_images": self.n_images,
+        })
 
 
 @contextmanager

@@ -477,6 +477,11 @@ def train_model(model: nn.Module, data: TaskData, *, epochs: int = 4, batch_size
     step, loss_v = 0, float("nan")
     t0 = time.perf_counter()
     bar = progress_bar(total=total, desc=desc, unit="step", enabled=progress, leave=False)
+    # oneDNN's AVX2 1x1-conv weight gradient (torch 2.15, channels-last) can deadlock in its
+    # OpenMP barrier (seen on the 2-core AMD machine, about one run in three); PyTorch's
+    # own convolution kernels train these small networks as fast.
+    mkldnn_was = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
     try:
         while step < total:
             for x, y in _train_batches(data, batch_size, gen):
@@ -493,6 +498,7 @@ def train_model(model: nn.Module, data: TaskData, *, epochs: int = 4, batch_size
                 if step >= total:
                     break
     finally:
+        torch.backends.mkldnn.enabled = mkldnn_was
         bar.close()
         model.eval()
     return {"train_seconds": time.perf_counter() - t0, "steps": step, "final_loss": loss_v}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pan_utils import ScanError, bundled_images, decide_pans, find_pans, random_init, scan
+from pan_utils import ScanError, bundled_images, decide_pans, find_pans, kernels, random_init, scan
 from pan_utils.padding import REGIONS, discover
 
 N_PLAIN = 5  # channels with no border preference
@@ -117,8 +117,41 @@ class TwoConvs(nn.Module):
         return self.b(torch.relu(self.bn(self.a(x))))
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_streaming_statistics_equal_brute_force(channels_last):
+class KernelSpy:
+    """Records the compiled kernel's calls; ``force_torch()`` makes every map take the
+    PyTorch path instead."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[tuple[int, ...]] = []
+        self._monkeypatch = monkeypatch
+        real = kernels.accumulate_border_stats
+
+        def spy(y, *args):
+            self.calls.append(tuple(y.shape))
+            return real(y, *args)
+
+        monkeypatch.setattr(kernels, "accumulate_border_stats", spy)
+
+    def force_torch(self) -> None:
+        self._monkeypatch.setattr(kernels, "applies_to", lambda y: False)
+
+
+@pytest.fixture
+def kernel_spy(monkeypatch) -> KernelSpy:
+    return KernelSpy(monkeypatch)
+
+
+# The compiled kernel reads channels-last float32 CPU maps; the PyTorch path reads the
+# rest (GPU, NCHW, half precision). Both must equal a brute force over stored maps.
+PATHS = {"kernel": (True, True), "torch, channels-last": (True, False),
+         "torch, NCHW": (False, False)}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_streaming_statistics_equal_brute_force(path, kernel_spy):
+    channels_last, use_kernel = PATHS[path]
+    if not use_kernel:
+        kernel_spy.force_torch()
     torch.manual_seed(0)
     net = TwoConvs().eval()
     with torch.no_grad():
@@ -135,6 +168,7 @@ def test_streaming_statistics_equal_brute_force(channels_last):
         h.remove()
     scores = scan(net, x, batch_size=7, progress=False,  # uneven batches on purpose
                   channels_last=channels_last)
+    assert bool(kernel_spy.calls) == use_kernel  # the path under test is the one that ran
     sites = {s.name: s for s in discover(net, (30, 27))}
     for name, sign in (("a", torch.tensor([1.0, -1.0, 1.0, -1.0])), ("b", torch.ones(6))):
         y = torch.cat(stored[name]).numpy()
@@ -160,6 +194,25 @@ def test_streaming_statistics_equal_brute_force(channels_last):
             assert (got["band_positions"] == mask.sum()).all()
 
 
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+def test_statistics_keep_precision_on_a_large_offset(path, kernel_spy):
+    """A channel with mean 1000 and spread 1: E[y^2] - E[y]^2 cancels 6 digits, which float32
+    running sums cannot afford (sigma was 25% off); both paths accumulate in float64."""
+    if path == "torch":
+        kernel_spy.force_torch()
+    conv = nn.Conv2d(1, 1, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0
+        conv.bias.fill_(1000.0)
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 48, 48)
+    scores = scan(nn.Sequential(conv).eval(), x, progress=False)
+    assert bool(kernel_spy.calls) == (path == "kernel")
+    want = (x[:, 0, 1:-1, 1:-1].double() + 1000.0).std(unbiased=False).item()
+    np.testing.assert_allclose(scores["sigma_interior"].to_numpy(), want, rtol=1e-6)
+
+
 def test_stride_two_even_input_has_no_bottom_band():
     net = nn.Sequential(nn.Conv2d(3, 2, 3, stride=2, padding=1)).eval()
     scores = scan(net, torch.randn(4, 3, 32, 32), progress=False)
@@ -183,8 +236,8 @@ def test_scan_memory_does_not_keep_feature_maps():
         orig = scan_mod._Accumulator.table
 
         def spy(self, mode, captured=captured, orig=orig):
-            captured.append(sum(t.numel() for t in (self.sum_t, self.n_pos, self.n_neg,
-                                                    self.s1, self.s2)))
+            captured.append(sum(v.numel() for v in vars(self).values()
+                                if isinstance(v, torch.Tensor)))
             return orig(self, mode)
 
         scan_mod._Accumulator.table = spy
