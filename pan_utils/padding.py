@@ -11,6 +11,7 @@ which conv, and so that size-dependent padding is computed for the size being pr
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -232,14 +233,30 @@ def discover(model: nn.Module, input_size: int | tuple[int, int], *, batch: int 
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
+    was_training = model.training
+    try:
+        model.eval()
+        with discovering(model) as sites, torch.inference_mode():
+            model(torch.zeros(batch, _input_channels(model), h, w, device=device))
+    finally:
+        model.train(was_training)
+    return list(sites.values())
+
+
+@contextmanager
+def discovering(model: nn.Module) -> Iterator[dict[nn.Module, ConvSite]]:
+    """Hooks that describe every Conv2d (a ``ConvSite``, in call order) during the forward
+    passes run inside, at the size they see; a scan discovers on its first batch."""
     names = {m: n for n, m in model.named_modules()}
-    pad_out: dict[int, tuple[str, nn.Module, torch.Tensor]] = {}
-    conv_out: dict[int, tuple[ConvSite, torch.Tensor]] = {}
+    # Outputs by id, held weakly: a scan discovers on a real batch, whose maps must not
+    # outlive the forward pass; the weak reference still tells a reused id from the tensor.
+    pad_out: dict[int, tuple[str, nn.Module, weakref.ref]] = {}
+    conv_out: dict[int, tuple[ConvSite, weakref.ref]] = {}
     sites: dict[nn.Module, ConvSite] = {}
     handles = []
 
     def pad_hook(mod, inp, out):
-        pad_out[id(out)] = (names[mod], mod, out)
+        pad_out[id(out)] = (names[mod], mod, weakref.ref(out))
 
     def conv_hook(mod, inp, out):
         if mod in sites:  # weight sharing: keep the first call's geometry
@@ -258,7 +275,7 @@ def discover(model: nn.Module, input_size: int | tuple[int, int], *, batch: int 
         elif child is not None:
             kind, pad_module = "child_pad", f"{names[mod]}.{child[0]}"
             mode, pads = _pad_module_mode(child[1]), _pad_module_sides(child[1])
-        elif src is not None and src[2] is x and _static_pads(mod)[1] == (0, 0, 0, 0):
+        elif src is not None and src[2]() is x and _static_pads(mod)[1] == (0, 0, 0, 0):
             kind, pad_module, padded = "pad_module", src[0], True
             mode, pads = _pad_module_mode(src[1]), _pad_module_sides(src[1])
             hw = (hw[0] - pads[0] - pads[1], hw[1] - pads[2] - pads[3])
@@ -270,11 +287,11 @@ def discover(model: nn.Module, input_size: int | tuple[int, int], *, batch: int 
         site = ConvSite(names[mod], mod, len(sites), kind, mode, pads, hw,
                         (int(out.shape[-2]), int(out.shape[-1])), pad_module, padded)
         sites[mod] = site
-        conv_out[id(out)] = (site, out)
+        conv_out[id(out)] = (site, weakref.ref(out))
 
     def bn_hook(mod, inp):
         hit = conv_out.get(id(inp[0]))
-        if hit is not None and hit[1] is inp[0] and hit[0].bn is None:
+        if hit is not None and hit[1]() is inp[0] and hit[0].bn is None:
             hit[0].bn = names[mod]
             weight = mod.weight if mod.affine else torch.ones(mod.num_features)
             hit[0].bn_sign = torch.where(weight.detach() < 0, -1.0, 1.0).float().cpu()
@@ -286,17 +303,11 @@ def discover(model: nn.Module, input_size: int | tuple[int, int], *, batch: int 
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             handles.append(m.register_forward_pre_hook(bn_hook))
-    was_training = model.training
     try:
-        model.eval()
-        in_ch = _input_channels(model)
-        with torch.inference_mode():
-            model(torch.zeros(batch, in_ch, h, w, device=device))
+        yield sites
     finally:
         for hd in handles:
             hd.remove()
-        model.train(was_training)
-    return list(sites.values())
 
 
 def _input_channels(model: nn.Module) -> int:

@@ -22,7 +22,8 @@ from torch import nn
 
 from . import kernels
 from .models import device_of
-from .padding import CORNERS, REGIONS, SIDES, ConvSite, discover, padding_policy
+from .padding import (CORNERS, REGIONS, SIDES, ConvSite, discover, discovering,
+                      padding_policy)
 from .probes import iter_batches
 from .progress import progress_bar
 from .taxonomy import pan_type
@@ -182,14 +183,25 @@ class _Accumulator:
 
 
 @contextmanager
-def _hooks(accs: dict[nn.Module, _Accumulator]) -> Iterator[None]:
+def _hooks(accs: dict[nn.Module, _Accumulator],
+           found: dict[nn.Module, ConvSite] | None = None,
+           modules: Iterable[nn.Module] | None = None) -> Iterator[None]:
+    """Scan hooks on ``modules`` (default: the accumulators' convs). With ``found`` (being
+    filled by ``discovering``), a candidate conv gets its accumulator when first called."""
+
     def hook(mod, inp, out):
-        acc = accs[mod]
+        acc = accs.get(mod)
+        if acc is None:
+            site = found.get(mod) if found is not None else None
+            if site is None or not site.is_candidate:
+                return
+            acc = accs[mod] = _Accumulator(site)
         if acc.bands is None or acc.out_hw != tuple(out.shape[-2:]):
             acc.geometry(tuple(inp[0].shape[-2:]), tuple(out.shape[-2:]))
         acc.update(out)
 
-    handles = [m.register_forward_hook(hook) for m in accs]
+    handles = [m.register_forward_hook(hook) for m in (list(accs) if modules is None
+                                                       else modules)]
     try:
         yield
     finally:
@@ -217,8 +229,8 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
                         f"(model.to('{device}'))")
     was_training = model.training
     model.eval()
-    accs: dict[str, dict[nn.Module, _Accumulator]] | None = None
-    sites: list[ConvSite] = []
+    accs: dict[str, dict[nn.Module, _Accumulator]] = {m: {} for m in modes}
+    sites: list[ConvSite] | None = None
     bar = progress_bar(desc=desc, unit="img", enabled=progress, leave=False)
     try:
         with torch.inference_mode():
@@ -226,13 +238,22 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
                 x = x.to(device, non_blocking=True)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                if accs is None:
-                    sites = [s for s in discover(model, tuple(x.shape[-2:])) if s.is_candidate]
+                todo = modes
+                if sites is None:
+                    if modes[0] == "native":  # discover the convs on this very forward pass
+                        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+                        with discovering(model) as found, _hooks(accs["native"], found, convs):
+                            model(x)
+                        sites, todo = [s for s in found.values() if s.is_candidate], modes[1:]
+                    else:
+                        sites = [s for s in discover(model, tuple(x.shape[-2:]))
+                                 if s.is_candidate]
                     if not sites:
                         raise ScanError("the model has no padded convolution with a kernel "
                                         "larger than 1: nothing can detect the border")
-                    accs = {m: {s.module: _Accumulator(s) for s in sites} for m in modes}
-                for mode in modes:
+                    for mode in todo:
+                        accs[mode] = {s.module: _Accumulator(s) for s in sites}
+                for mode in todo:
                     policy = nullcontext() if mode == "native" else padding_policy(model, mode)
                     with policy, _hooks(accs[mode]):
                         model(x)
@@ -240,7 +261,7 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
     finally:
         bar.close()
         model.train(was_training)
-    if accs is None:
+    if sites is None:
         raise ScanError("no probe images were given")
     n = max(len(sites) - 1, 1)
     tables = [acc.table(mode) for mode in modes for acc in accs[mode].values()

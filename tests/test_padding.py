@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pan_utils import padded_convs, padding_policy
-from pan_utils.padding import MODES, discover, same_padding
+from pan_utils.padding import MODES, discover, discovering, same_padding
 
 
 class StaticSamePadConv(nn.Conv2d):
@@ -218,3 +220,16 @@ def test_nested_policies_restore_in_order():
             assert not torch.equal(_outputs(model, x), y_reflect)
         assert torch.equal(_outputs(model, x), y_reflect)
     assert torch.equal(_outputs(model, x), y0)
+
+
+def test_discovery_keeps_no_feature_map_alive():
+    """A scan discovers on its first real batch: the maps seen must be freed as usual."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4),
+                        nn.Conv2d(4, 4, 3, padding=1)).eval()
+    seen = []
+    net[0].register_forward_hook(lambda m, i, o: seen.append(weakref.ref(o)))
+    with discovering(net) as found, torch.no_grad():
+        net(torch.randn(2, 3, 16, 16))
+        assert [s.name for s in found.values()] == ["0", "2"]
+        assert found[net[0]].bn == "1"  # linked by identity while the map was alive
+        assert seen[0]() is None
