@@ -360,7 +360,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def git_state() -> dict[str, Any]:
-    """Commit of the repository and whether tracked files differ from it."""
+    """Commit of the repository and whether tracked files other than ``results/`` differ
+    from it: results are regenerated before they are committed, so they would always count."""
     def git(*args: str) -> str | None:
         try:
             return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -369,7 +370,8 @@ def git_state() -> dict[str, Any]:
             return None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                 ":(exclude)results")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 

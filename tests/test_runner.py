@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -137,3 +138,23 @@ def test_sanitise_masks_what_varies_between_runs():
     assert R.sanitise(a) == R.sanitise(b)
     assert R.sanitise("d = 3.14, layer features.0.0, 12 PANs") == "d = 3.14, layer features.0.0, 12 PANs"
     assert R.sanitise("12 PANs") != R.sanitise("13 PANs")
+
+
+def test_git_state_ignores_regenerated_results(tmp_path, monkeypatch):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "table.csv").write_text("a\n1\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    monkeypatch.setattr(R, "REPO_ROOT", tmp_path)
+    assert R.git_state()["dirty"] is False
+    (tmp_path / "results" / "table.csv").write_text("a\n2\n")  # what a rerun writes
+    assert R.git_state()["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    state = R.git_state()
+    assert state["dirty"] is True and len(state["commit"]) == 40
