@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -170,12 +171,16 @@ def bench_model(args, name: str) -> None:
         ratio("naive", "scan", "")
     if args.memory:
         small, large = args.memory
-        measured = ("forward", "scan") if args.quick else ("forward", "scan", "find_pans") + (
+        measured = ("scan",) if args.quick else ("forward", "scan", "find_pans") + (
             () if args.skip_naive else ("naive",))
+        runs = [(m, n) for m in measured
+                for n in ((small, large) if m != "naive" or args.naive_memory else (small,))]
+        # Children run side by side (peak RSS is per process): their start-up, mostly
+        # single-threaded imports and model loading, would otherwise dominate the wall time.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            mem = dict(zip(runs, pool.map(lambda r: measure_memory(args, name, *r), runs)))
         for m in measured:
-            ns = (small, large) if m != "naive" or args.naive_memory else (small,)
-            mem = [measure_memory(args, name, m, n) for n in ns]
-            text = "   ".join(f"N={n}: {v:7.1f} MB" for n, v in zip(ns, mem))
+            text = "   ".join(f"N={n}: {v:7.1f} MB" for (m2, n), v in mem.items() if m2 == m)
             print(f"  peak memory {m:10s} {text}")
 
 
@@ -196,7 +201,7 @@ def main(argv=None) -> None:
     ap.add_argument("--naive-memory", action="store_true",
                     help="also measure the naive reference's memory at N2 (several GB)")
     ap.add_argument("--quick", action="store_true",
-                    help="MobileNetV2 only, 96 images, 3 repeats, forward and scan memory "
+                    help="MobileNetV2 only, 64 images, 3 repeats, scan memory "
                          "at 32 vs 128")
     ap.add_argument("--child", choices=list(METHODS), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -212,7 +217,7 @@ def main(argv=None) -> None:
     print("allocator:", ", ".join(f"{k}={v}" for k, v in malloc.items()),
           "(make bench sets both: see the Makefile)")
     if args.quick:
-        args.models, args.n_images, args.repeats = args.models[:1], 96, 3
+        args.models, args.n_images, args.repeats = args.models[:1], 64, 3
         args.memory = [32, 128] if args.memory else None
     for name in args.models:
         bench_model(args, name)

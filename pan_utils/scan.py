@@ -283,33 +283,34 @@ def decide_pans(scores: pd.DataFrame, *, tau: float = 3.0, consistency: float = 
     """
     sig = significant_regions(scores, tau=tau, consistency=consistency, null_mode=null_mode,
                               mode=mode)
-    native = scores[scores["mode"] == mode]
-    pivot = native.pivot_table(index=["layer", "order", "depth", "channel"], columns="side",
-                               values="d", dropna=False)
-    sig_native = sig[sig["significant"]]
-    cols = ["layer", "order", "depth", "channel", "sides", "corners", "polarity", "type",
-            "score", "d_top", "d_bottom", "d_left", "d_right", "consistency"]
-    if sig_native.empty:
+    keys = ["layer", "order", "depth", "channel"]
+    cols = keys + ["sides", "corners", "polarity", "type", "score", "d_top", "d_bottom",
+                   "d_left", "d_right", "consistency"]
+    hit = sig[sig["significant"]]
+    if hit.empty:
         return pd.DataFrame(columns=cols)
-    rows = []
-    for (layer, order, depth, channel), g in sig_native.groupby(
-            ["layer", "order", "depth", "channel"], sort=False):
-        present = set(g["side"])
-        sides = "".join(s for s in SIDES if s in present)
-        corners = ",".join(c for c in CORNERS if c in present)
-        signs = np.sign(g["d"].to_numpy())
-        polarity = "+" if (signs > 0).all() else "-" if (signs < 0).all() else "mixed"
-        d = pivot.loc[(layer, order, depth, channel)]
-        rows.append({
-            "layer": layer, "order": order, "depth": depth, "channel": int(channel),
-            "sides": sides, "corners": corners, "polarity": polarity,
-            "type": pan_type(sides, corners),
-            "score": float(g["d"].abs().max()),
-            **{f"d_{SIDE_NAMES[s]}": float(d.get(s, np.nan)) for s in SIDES},
-            "consistency": float(g["consistency"].min()),
-        })
-    return pd.DataFrame(rows, columns=cols).sort_values(["order", "channel"],
-                                                        ignore_index=True)
+    # One row per PAN channel, one column per region: its d where significant, else nan.
+    d_sig = hit.set_index(keys + ["side"])["d"].unstack("side").reindex(columns=list(REGIONS))
+    present = d_sig.notna().to_numpy()
+    pans = d_sig.index.to_frame(index=False)
+    pans["channel"] = pans["channel"].astype(int)
+    pans["sides"] = ["".join(s for s, p in zip(SIDES, row) if p) for row in present[:, :4]]
+    pans["corners"] = [",".join(c for c, p in zip(CORNERS, row) if p) for row in present[:, 4:]]
+    signs = np.sign(d_sig.to_numpy())
+    pos, neg = (signs > 0).sum(1), (signs < 0).sum(1)
+    n = present.sum(1)
+    pans["polarity"] = np.where(pos == n, "+", np.where(neg == n, "-", "mixed"))
+    pans["type"] = [pan_type(sd, cn) for sd, cn in zip(pans["sides"], pans["corners"])]
+    pans["score"] = np.nanmax(np.abs(d_sig.to_numpy()), axis=1)
+    # Every side's d, significant or not, for the PAN channels only.
+    native = sig[sig["side"].isin(SIDES)]
+    d_all = native.set_index(keys + ["side"])["d"].unstack("side").reindex(
+        index=d_sig.index, columns=list(SIDES))
+    for side in SIDES:
+        pans[f"d_{SIDE_NAMES[side]}"] = d_all[side].to_numpy(dtype=float)
+    pans["consistency"] = hit.groupby(keys, sort=False)["consistency"].min().reindex(
+        d_sig.index).to_numpy()
+    return pans[cols].sort_values(["order", "channel"], ignore_index=True)
 
 
 def significant_regions(scores: pd.DataFrame, *, tau: float = 3.0, consistency: float = 0.95,
