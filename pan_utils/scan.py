@@ -286,30 +286,27 @@ def decide_pans(scores: pd.DataFrame, *, tau: float = 3.0, consistency: float = 
     keys = ["layer", "order", "depth", "channel"]
     cols = keys + ["sides", "corners", "polarity", "type", "score", "d_top", "d_bottom",
                    "d_left", "d_right", "consistency"]
-    hit = sig[sig["significant"]]
-    if hit.empty:
+    if not sig["significant"].any():
         return pd.DataFrame(columns=cols)
-    # One row per PAN channel, one column per region: its d where significant, else nan.
-    d_sig = hit.set_index(keys + ["side"])["d"].unstack("side").reindex(columns=list(REGIONS))
-    present = d_sig.notna().to_numpy()
-    pans = d_sig.index.to_frame(index=False)
+    # One row per channel, one column per region (sides then corners).
+    wide = sig.set_index(keys + ["side"])[["d", "significant", "consistency"]].unstack("side")
+    flags = wide["significant"].reindex(columns=list(REGIONS)).fillna(False).astype(bool)
+    is_pan = flags.any(axis=1).to_numpy()
+    present = flags.to_numpy()[is_pan]
+    d_all = wide["d"].reindex(columns=list(REGIONS))[is_pan]
+    d_sig = d_all.where(present).to_numpy()  # d where significant, else nan
+    pans = d_all.index.to_frame(index=False)
     pans["channel"] = pans["channel"].astype(int)
     pans["sides"] = ["".join(s for s, p in zip(SIDES, row) if p) for row in present[:, :4]]
     pans["corners"] = [",".join(c for c, p in zip(CORNERS, row) if p) for row in present[:, 4:]]
-    signs = np.sign(d_sig.to_numpy())
-    pos, neg = (signs > 0).sum(1), (signs < 0).sum(1)
-    n = present.sum(1)
+    pos, neg, n = (d_sig > 0).sum(1), (d_sig < 0).sum(1), present.sum(1)
     pans["polarity"] = np.where(pos == n, "+", np.where(neg == n, "-", "mixed"))
     pans["type"] = [pan_type(sd, cn) for sd, cn in zip(pans["sides"], pans["corners"])]
-    pans["score"] = np.nanmax(np.abs(d_sig.to_numpy()), axis=1)
-    # Every side's d, significant or not, for the PAN channels only.
-    native = sig[sig["side"].isin(SIDES)]
-    d_all = native.set_index(keys + ["side"])["d"].unstack("side").reindex(
-        index=d_sig.index, columns=list(SIDES))
+    pans["score"] = np.nanmax(np.abs(d_sig), axis=1)
     for side in SIDES:
         pans[f"d_{SIDE_NAMES[side]}"] = d_all[side].to_numpy(dtype=float)
-    pans["consistency"] = hit.groupby(keys, sort=False)["consistency"].min().reindex(
-        d_sig.index).to_numpy()
+    consistency_all = wide["consistency"].reindex(columns=list(REGIONS))[is_pan]
+    pans["consistency"] = consistency_all.where(present).min(axis=1).to_numpy(dtype=float)
     return pans[cols].sort_values(["order", "channel"], ignore_index=True)
 
 
