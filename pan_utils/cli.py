@@ -18,6 +18,13 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
+from .engine.io import atomic_write
+from .engine import models  # models.load_model, looked up at call time (tests patch it)
+from .engine.models import OFFLINE_MODELS, ModelError, random_init, timm_names, torchvision_names
+from .engine.padding import discover
+from .engine.probes import ImageFolderProbe, ProbeError, bundled_images, iter_batches
+from .engine.scan import ScanError, find_pans
+
 EXIT_USAGE = 2
 
 # RuntimeError texts with which torch refuses a feature map smaller than a kernel/pad.
@@ -192,8 +199,6 @@ def _too_small_message(exc: BaseException, size: tuple[int, int], model: str) ->
 def _preflight(model: torch.nn.Module, size: tuple[int, int], name: str, device: str):
     """Candidate convs at ``size``, checked before any image is read: too small a size or
     no candidate at all is a user error reported before anything is written."""
-    from .padding import discover
-
     try:
         sites = [s for s in discover(model, size, device=device) if s.is_candidate]
     except RuntimeError as exc:
@@ -230,8 +235,6 @@ def _check_out_dir(out: Path) -> Path:
 
 
 def _images(args, prep, size):
-    from .probes import ImageFolderProbe, bundled_images
-
     if args.images == "bundled":
         n = args.n_images or 64
         x = bundled_images(n, size, seed=args.seed, mean=prep.mean, std=prep.std)
@@ -279,10 +282,6 @@ def _summary(name: str, weights: str, probes: str, scores, pans, args) -> str:
 
 
 def cmd_scan(args) -> int:
-    from .models import load_model, random_init
-    from .reproduce import _atomic
-    from .scan import find_pans
-
     device = _resolve_device(args.device)
     out = _check_out_dir(Path(args.out or "pan_scan-" + re.sub(r"[^A-Za-z0-9_.-]+", "_",
                                                                args.model)))
@@ -290,15 +289,15 @@ def cmd_scan(args) -> int:
         raise UserError(f"image folder not found: {args.images} (use --images bundled for "
                         "the built-in photos)")
     if args.random_init:
-        loaded = load_model(args.model, pretrained=False)
+        loaded = models.load_model(args.model, pretrained=False)
         model = random_init(loaded.model, args.seed)
         weights = f"random init, seed {args.seed}"
     elif args.weights:
-        loaded = load_model(args.model, weights=args.weights)
+        loaded = models.load_model(args.model, weights=args.weights)
         model, weights = loaded.model, f"weights {args.weights}"
     else:
         try:
-            loaded = load_model(args.model)
+            loaded = models.load_model(args.model)
         except (OSError, RuntimeError) as exc:  # typically: no internet for the download
             text = str(exc).strip()
             first = text.splitlines()[0][:200] if text else type(exc).__name__
@@ -310,8 +309,6 @@ def cmd_scan(args) -> int:
     size = args.image_size or tuple(prep.input_size)
     _preflight(model, size, args.model, device)
     images, probes, probe = _images(args, prep, size)
-    from .probes import iter_batches
-
     batches = iter_batches(images, args.batch_size)
     if args.batch_size > 1:
         batches = merge_singleton_tail(batches)  # folders too, where reads may fail
@@ -340,9 +337,9 @@ def cmd_scan(args) -> int:
     # Everything that can fail has run: each file is replaced whole (temporary file, then
     # rename), so a failed or interrupted run leaves a previous result intact.
     try:
-        _atomic(out / "scores.csv", lambda tmp: scores.to_csv(tmp, index=False,
+        atomic_write(out / "scores.csv", lambda tmp: scores.to_csv(tmp, index=False,
                                                               float_format="%.6g"))
-        _atomic(out / "pans.csv", lambda tmp: pans.to_csv(tmp, index=False,
+        atomic_write(out / "pans.csv", lambda tmp: pans.to_csv(tmp, index=False,
                                                           float_format="%.6g"))
     except OSError as exc:
         raise UserError(f"cannot write the results to {out}: {exc.strerror or exc}") from None
@@ -352,12 +349,10 @@ def cmd_scan(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import OFFLINE_MODELS, _timm_names, _torchvision_names
-
     seen: set[str] = set()
     sub = (args.filter or "").lower()
-    for source, names in (("offline", list(OFFLINE_MODELS)), ("torchvision", _torchvision_names()),
-                          ("timm", _timm_names())):
+    for source, names in (("offline", list(OFFLINE_MODELS)), ("torchvision", torchvision_names()),
+                          ("timm", timm_names())):
         for name in names:
             if name in seen or sub not in name.lower():
                 continue
@@ -371,10 +366,6 @@ def cmd_models(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 user error)."""
-    from .models import ModelError
-    from .probes import ProbeError
-    from .scan import ScanError
-
     args = build_parser().parse_args(argv)
     try:
         return cmd_scan(args) if args.command == "scan" else cmd_models(args)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pan_utils.reproduce import NotebookError, default_notebooks, run_notebook
+from pan_utils.study.reproduce import NotebookError, default_notebooks, run_notebook
 
 SMOKE_TIMEOUT = 600  # seconds per cell: a hung cell fails the test run instead of blocking it
 

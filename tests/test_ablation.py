@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from pan_utils.ablation import (
-    AblationError, ablate, evaluate_conditions, interior_means, place_crops, random_controls,
-    standard_conditions,
-)
+from pan_utils.engine.ablate import AblationError, ablate, interior_means
+from pan_utils.study.ablation import (evaluate_conditions, place_crops, random_controls,
+                                      standard_conditions)
 
 
 def small_net(seed: int = 0) -> nn.Sequential:
@@ -207,9 +206,10 @@ def test_place_crops_centre_and_corners():
 def test_folder_eval_set_is_disjoint_from_scan_set(tmp_path):
     from PIL import Image
 
-    from pan_utils.ablation import eval_images
-    from pan_utils.models import Preprocessing
-    from pan_utils.probes import ImageFolderProbe
+    from pan_utils.study.ablation import eval_images
+    from pan_utils.study.settings import settings
+    from pan_utils.engine.models import Preprocessing
+    from pan_utils.engine.probes import ImageFolderProbe
 
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):
@@ -217,14 +217,14 @@ def test_folder_eval_set_is_disjoint_from_scan_set(tmp_path):
         for i in range(6):
             Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
                 tmp_path / cls / f"{i}.png")
-    settings = {"data_dir": str(tmp_path), "n_images": 5, "n_eval": 4, "seed": 0}
-    ev = eval_images(Preprocessing(), settings, 8)
+    s = settings("smoke", data_dir=str(tmp_path), n_images=5, n_eval=4, seed=0)
+    ev = eval_images(Preprocessing(), s, 8)
     scan = ImageFolderProbe(tmp_path, 8, n=5, seed=0)
     assert len(ev) == 4 and not set(ev.files) & set(scan.files)
     x, y = next(ev.batches(8))
     assert x.shape == (4, 3, 8, 8) and set(y.tolist()) <= {0, 1}
-    settings["n_eval"] = 100  # more than is left: all the others
-    assert len(eval_images(Preprocessing(), settings, 8)) == 7
+    s = s.replace(n_eval=100)  # more than is left: all the others
+    assert len(eval_images(Preprocessing(), s, 8)) == 7
 
 
 def test_border_ablation_follows_asymmetric_pad_module_geometry():

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-import pan_utils.models as models_mod
+import pan_utils.engine.models as models_mod
 from pan_utils.cli import main
-from pan_utils.models import LoadedModel, Preprocessing, load_weights_file
+from pan_utils.engine.models import LoadedModel, Preprocessing, load_weights_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pan_utils.reproduce import default_notebooks, read_table, run_notebook
+from pan_utils.study.reproduce import default_notebooks, run_notebook
+from pan_utils.study.results import read_table
 
 # Columns that measure the machine, not the study.
 TIMING = ("seconds", "wall", "time")

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from pan_utils.identification import (channel_scores, identify, maps_table, per_layer,
-                                      pick_examples, record_channel_maps, record_maps)
-from pan_utils.reproduce import settings
+from pan_utils.engine.maps import record_maps
+from pan_utils.study.identification import (channel_scores, identify, maps_table, per_layer,
+                                            pick_examples)
+from pan_utils.study.settings import settings
 
 
 def small_net() -> nn.Sequential:
@@ -19,10 +20,10 @@ def small_net() -> nn.Sequential:
                          nn.Conv2d(6, 4, 3, stride=2, padding=1)).eval()
 
 
-def test_record_channel_maps_equals_brute_force_mean():
+def test_record_maps_equals_brute_force_mean():
     net = small_net()
     x = torch.randn(10, 3, 12, 12)
-    got = record_channel_maps(net, "2", [3, 0], x, batch_size=3)  # uneven last batch
+    got = record_maps(net, {"2": [3, 0]}, x, batch_size=3)["2"]  # uneven last batch
     with torch.no_grad():
         want = net(x)[:, [3, 0]].mean(0)
     assert got.shape == (2, 6, 6)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from pan_utils.reproduce import REPO_ROOT
+from pan_utils.study.reproduce import REPO_ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 TARGETS = ("help", "setup", "reproduce", "smoke", "test", "lab", "bench", "clean")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pan_utils.reproduce import PROFILES, read_table
+from pan_utils.study.results import read_table
+from pan_utils.study.settings import PROFILES
 
 ABLATION_COLUMNS = {"model", "condition", "draw", "n_images", "agreement", "kl", "accuracy",
                     "accuracy_change", "n_ablated"}
@@ -31,7 +32,7 @@ def test_columns_and_conditions_present(tables):
     assert ABLATION_COLUMNS <= set(abl.columns)
     assert SHIFT_COLUMNS <= set(tables["class_shift"].columns)
     assert PLACEMENT_COLUMNS <= set(tables["placement"].columns)
-    assert set(abl["model"]) == set(PROFILES["smoke"]["models"])
+    assert set(abl["model"]) == set(PROFILES["smoke"].models)
     for _, g in abl.groupby("model"):
         assert set(g["condition"]) == CONDITIONS or (
             set(g["condition"]) == CONDITIONS - {"random_mean"}
@@ -48,14 +49,14 @@ def test_intact_agrees_with_itself_and_metrics_in_range(tables):
         assert df["agreement"].between(0, 1).all()
         assert (df["kl"] >= -1e-6).all()
     abl = tables["ablation"]
-    assert (abl["n_images"] == PROFILES["smoke"]["n_eval"]).all()
+    assert (abl["n_images"] == PROFILES["smoke"].n_eval).all()
 
 
 def test_random_controls_match_pan_count(tables):
     abl = tables["ablation"]
     for _, g in abl.groupby("model"):
         rnd = g[g["condition"] == "random_mean"]
-        assert len(rnd) == PROFILES["smoke"]["n_random_draws"] or rnd.empty
+        assert len(rnd) == PROFILES["smoke"].n_random_draws or rnd.empty
         n_pans = int(g.loc[g["condition"] == "pans_mean", "n_ablated"].iloc[0])
         assert (rnd["n_ablated"] <= n_pans).all()
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pan_utils.reproduce import read_table
-from pan_utils.taxonomy import pan_type
+from pan_utils.study.results import read_table
+from pan_utils.engine.types import pan_type
 
 COUNT_COLUMNS = {"model", "weights", "candidate_layers", "candidate_channels", "pans",
                  "pan_fraction", "tau", "q", "n_images", "circular_null_pans"}

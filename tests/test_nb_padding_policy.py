@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from pan_utils.reproduce import PROFILES, read_table
-from pan_utils.training import POLICIES, TASKS
+from pan_utils.study.results import read_table
+from pan_utils.study.settings import PROFILES
+from pan_utils.study.nets import POLICIES
+from pan_utils.study.tasks import TASKS
 
 COLUMNS = {"task", "policy", "seed", "test_accuracy", "chance", "pans", "candidates",
            "pan_fraction", "pans_without_null", "train_seconds", "epochs", "n_train"}
@@ -25,12 +27,12 @@ def test_columns_present(table):
 
 
 def test_one_row_per_task_policy_seed(table):
-    seeds = PROFILES["smoke"]["train_seeds"]
+    seeds = PROFILES["smoke"].train_seeds
     assert len(table) == len(TASKS) * len(POLICIES) * len(seeds)
     assert not table.duplicated(["task", "policy", "seed"]).any()
     assert set(table["task"]) == set(TASKS) and set(table["policy"]) == set(POLICIES)
     assert set(table["seed"]) == set(seeds)
-    assert (table["epochs"] == PROFILES["smoke"]["train_epochs"]).all()
+    assert (table["epochs"] == PROFILES["smoke"].train_epochs).all()
 
 
 def test_values_in_range(table):

@@ -9,10 +9,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from pan_utils.reproduce import REPO_ROOT, default_notebooks
+from pan_utils.study.reproduce import REPO_ROOT, default_notebooks
 
 NOTEBOOKS = default_notebooks()
-STUDY = ("01_identification", "02_taxonomy", "03_ablation", "04_padding_policy")  # DESIGN 2
+STUDY = ("01_identification", "02_taxonomy", "03_ablation", "04_padding_policy")
 
 
 def _id(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""Every padding form of DESIGN 4.1 is found with the right widths, and switched exactly."""
+"""Every padding form of docs/METHOD.md §2 is found with the right widths, and switched exactly."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pan_utils import padded_convs, padding_policy
-from pan_utils.padding import MODES, discover, discovering, same_padding
+from pan_utils.engine.geometry import same_padding
+from pan_utils.engine.padding import MODES, discover, discovering
 
 
 class StaticSamePadConv(nn.Conv2d):
@@ -202,7 +203,7 @@ def test_same_string_padding_widths_match_torch(mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 1, 2, 0), (2, 3, 1, 2)])
 def test_channels_last_padding_equals_f_pad(mode, pads):
-    from pan_utils.padding import pad_like
+    from pan_utils.engine.policy import pad_like
 
     x = torch.randn(2, 5, 6, 7).contiguous(memory_format=torch.channels_last)
     y = pad_like(x, pads, mode)

@@ -11,8 +11,8 @@ import torch
 
 from pan_utils import ImageFolderProbe, find_pans, load_model, random_init
 from pan_utils.cli import main
-from pan_utils.models import _resolve
-from pan_utils.reproduce import settings
+from pan_utils.engine.models import resolve_source
+from pan_utils.study.settings import settings
 
 WNIDS = ("n01440764", "n01443537")  # tench, goldfish: ImageNet classes 0 and 1
 PER_CLASS = 3
@@ -89,16 +89,16 @@ def test_cli_scan_over_the_folder_writes_both_tables(imagenet_val, tmp_path, cap
 
 
 def test_paper_models_resolve_offline():
-    names = settings("paper")["models"]
+    names = settings("paper").models
     assert len(names) >= 5
-    sources = {name: _resolve(name)[0] for name in names}  # raises ModelError if unknown
+    sources = {name: resolve_source(name)[0] for name in names}  # raises ModelError if unknown
     assert sources["mobilenet_v2"] == "offline" and sources["efficientnet_lite0"] == "offline"
     assert sources["resnet50.a1_in1k"] == "timm"
 
 
 def test_a_paper_timm_model_builds_without_weights():
     name = "mobilenetv3_large_100.ra_in1k"
-    assert name in settings("paper")["models"]
+    assert name in settings("paper").models
     loaded = load_model(name, pretrained=False)
     assert loaded.preprocessing.input_size == (224, 224)
     assert len(loaded.preprocessing.class_names) == 1000

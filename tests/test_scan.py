@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from pan_utils import ScanError, bundled_images, decide_pans, find_pans, kernels, random_init, scan
-from pan_utils.padding import REGIONS, discover
+from pan_utils import ScanError, bundled_images, decide_pans, find_pans, random_init, scan
+from pan_utils.engine import kernels
+from pan_utils.engine.geometry import REGIONS
+from pan_utils.engine.padding import discover
 
 N_PLAIN = 5  # channels with no border preference
 
@@ -228,7 +230,7 @@ def test_scan_memory_does_not_keep_feature_maps():
     """Accumulators hold per-channel sums only: the same sizes for 4 or 40 images."""
     import importlib
 
-    scan_mod = importlib.import_module("pan_utils.scan")  # the module, not the function
+    scan_mod = importlib.import_module("pan_utils.engine.scan")  # the module, not the function
     net = TwoConvs().eval()
     sizes = []
     for n in (4, 40):

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from pan_utils.padding import discover
-from pan_utils.taxonomy import (first_pan_layer, kernel_mass_table, kernel_padding_mass,
-                                pad_kernel_index, pan_type, side_counts, type_counts,
-                                uneven_layers)
+from pan_utils.engine.padding import discover
+from pan_utils.engine.types import pan_type
+from pan_utils.study.taxonomy import (first_pan_layer, kernel_mass_table, kernel_padding_mass,
+                                      pad_kernel_index, side_counts, type_counts,
+                                      uneven_layers)
 
 
 @pytest.mark.parametrize("sides,corners,want", [

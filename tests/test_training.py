@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pan_utils import training
-from pan_utils.training import POLICIES, build_model, feature_size
+from pan_utils.engine.probes import ProbeError
+from pan_utils.study import nets, padding_policy, tasks, training
+from pan_utils.study.nets import POLICIES, build_model, feature_size
 
 
 @pytest.fixture(autouse=True)
@@ -39,9 +40,9 @@ def test_shapes_per_policy(policy, size):
 
 
 def test_valid_too_small_is_a_clear_error():
-    with pytest.raises(training.TrainingError, match="at least"):
-        build_model("valid", 3, depth=1, image_size=training.min_valid_size(1) - 1)
-    with pytest.raises(training.TrainingError, match="padding"):
+    with pytest.raises(nets.TrainingError, match="at least"):
+        build_model("valid", 3, depth=1, image_size=nets.min_valid_size(1) - 1)
+    with pytest.raises(nets.TrainingError, match="padding"):
         build_model("same", 3)
 
 
@@ -84,7 +85,7 @@ def test_valid_net_is_translation_equivariant_on_the_interior(depth):
 
 def test_location_classes_swap_under_half_roll_for_circular_nets():
     """The construction that makes the location task unsolvable without a border."""
-    data = training.location_task(8, 4, size=40, obj=12, seed=5)
+    data = tasks.location_task(8, 4, size=40, obj=12, seed=5)
     m = _randomise_bn(build_model("circular", 4, width=4, seed=0))
     x = data.x_train
     with torch.no_grad():
@@ -93,7 +94,7 @@ def test_location_classes_swap_under_half_roll_for_circular_nets():
 
 def test_location_task_needs_a_border():
     """A small zero-padded net learns the quadrant; a circular one stays near chance."""
-    data = training.location_task(512, 256, size=40, obj=12, seed=0)
+    data = tasks.location_task(512, 256, size=40, obj=12, seed=0)
     acc = {}
     for policy in ("zeros", "circular"):
         m = build_model(policy, 4, width=8, depth=1, image_size=40, seed=0)
@@ -105,7 +106,7 @@ def test_location_task_needs_a_border():
 
 
 def test_datasets_are_deterministic():
-    for make in (training.content_task, training.location_task):
+    for make in (tasks.content_task, tasks.location_task):
         a, b = make(24, 12, seed=7), make(24, 12, seed=7)
         c = make(24, 12, seed=8)
         assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train)
@@ -116,18 +117,18 @@ def test_datasets_are_deterministic():
 
 def test_content_train_and_test_regions_are_disjoint():
     for w in (100, 384, 641):
-        (a0, a1), (b0, b1) = training.content_regions(w, 0.7)
+        (a0, a1), (b0, b1) = tasks.content_regions(w, 0.7)
         assert a0 == 0 and a1 == b0 and b1 == w and 0 < a1 < w
     # photos whose train columns are black and test columns white: any leak shows
     photos = []
     for i, (h, w) in enumerate([(120, 200), (150, 170), (90, 300)]):
         img = np.zeros((h, w, 3), np.uint8)
-        img[:, training.content_regions(w)[1][0]:] = 255
+        img[:, tasks.content_regions(w)[1][0]:] = 255
         photos.append((f"p{i}", img))
-    data = training.content_task(30, 30, size=16, seed=0, photos=photos, min_crop=16,
+    data = tasks.content_task(30, 30, size=16, seed=0, photos=photos, min_crop=16,
                                  max_crop=40, photo_side=None)
-    lo = (0 - training.TASK_MEAN[0]) / training.TASK_STD[0]
-    hi = (1 - training.TASK_MEAN[0]) / training.TASK_STD[0]
+    lo = (0 - tasks.TASK_MEAN[0]) / tasks.TASK_STD[0]
+    hi = (1 - tasks.TASK_MEAN[0]) / tasks.TASK_STD[0]
     assert torch.allclose(data.x_train, torch.full_like(data.x_train, lo))
     assert torch.allclose(data.x_test, torch.full_like(data.x_test, hi))
 
@@ -136,11 +137,11 @@ def test_scan_counts_for_valid_and_circular():
     x = torch.randn(8, 3, 32, 32)
     for policy in ("valid", "circular"):
         m = build_model(policy, 3, width=4, seed=0).eval()
-        pans, counts = training.scan_trained(m, x)
+        pans, counts = padding_policy.scan_trained(m, x)
         assert counts["pans"] == 0 and not pans.get("is_pan", pd.Series([], dtype=bool)).any()
         assert counts["candidates"] == (0 if policy == "valid" else 60)
     m = build_model("zeros", 3, width=4, seed=0)
-    assert training.candidate_channels(m, 32) == 4 + 2 * 4 + 2 * 8 + 2 * 16
+    assert padding_policy.candidate_channels(m, 32) == 4 + 2 * 4 + 2 * 8 + 2 * 16
 
 
 def test_imagefolder_task_and_one_training_step(tmp_path):
@@ -150,22 +151,22 @@ def test_imagefolder_task_and_one_training_step(tmp_path):
         for i in range(5):
             arr = rng.integers(0, 256, (40 + i, 36, 3), dtype=np.uint8)
             Image.fromarray(arr).save(tmp_path / cls / f"{i}.png")
-    data = training.imagefolder_task(tmp_path, size=32, test_frac=0.2, seed=0)
+    data = tasks.imagefolder_task(tmp_path, size=32, test_frac=0.2, seed=0)
     assert data.classes == ["cats", "dogs"]
     assert data.n_train == 8 and data.n_test == 2
     assert data.x_test.shape == (2, 3, 32, 32)
-    row, model, _ = training.run_one(data, "zeros", 0, width=4, epochs=1, batch_size=4,
+    row, model, _ = padding_policy.run_one(data, "zeros", 0, width=4, epochs=1, batch_size=4,
                                      n_scan=2, progress=False)
     assert row["steps"] == 2 and 0 <= row["test_accuracy"] <= 1
-    with pytest.raises(training.ProbeError):
-        training.imagefolder_task(tmp_path / "missing")
+    with pytest.raises(ProbeError):
+        tasks.imagefolder_task(tmp_path / "missing")
 
 
 def test_pan_mean_maps_equal_brute_force_means_with_bn_sign():
     import pandas as pd
     from torch import nn
 
-    from pan_utils.training import pan_mean_maps
+    from pan_utils.study.padding_policy import pan_mean_maps
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)).eval()

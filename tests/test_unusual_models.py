@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pan_utils import ScanError, bundled_images, find_pans, padded_convs, scan
-from pan_utils.probes import iter_batches
+from pan_utils.engine.probes import iter_batches
 
 
 def _imgs(n: int = 4, size=48) -> torch.Tensor:

@@ -1,18 +1,17 @@
-"""What PANs and padding do to predictions (DESIGN 4.7).
+"""Chapter 3: what PANs and padding do to predictions (docs/METHOD.md §7).
 
-``ablate`` replaces chosen conv channels by a constant (their interior mean on the scan
-set) through forward hooks that return a new tensor: the model's parameters and buffers
-are never written, and the hooks are removed on exit, also on error. The evaluation loop
-streams each batch once and runs it under every condition, so an image folder is read
-only once however many conditions there are.
+Each condition (PANs ablated, random controls, padding swapped) changes the model at
+inference only, through the engine's context managers. The evaluation loop streams each
+batch once and runs it under every condition, so an image folder is read only once
+however many conditions there are.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterable, Iterator, Sequence
+from typing import Callable, ContextManager, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,43 +19,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import device_of
-from .padding import ConvSite, discover, padding_policy
-from .probes import iter_batches
-from .progress import progress_bar
+from ..engine.ablate import AblationError, ablate, channel_pairs, interior_means
+from ..engine.hooks import eval_mode
+from ..engine.models import Preprocessing, device_of, load_model
+from ..engine.policy import padding_policy
+from ..engine.probes import ImageFolderProbe, bundled_images, iter_batches
+from ..engine.progress import progress_bar
+from ..engine.scan import find_pans
+from .settings import Settings
 
-HOWS = ("mean", "border")
 PLACEMENTS = ("centre", "corner")
 PADDING_SWAPS = ("reflect", "replicate", "circular")
 
 
-class AblationError(ValueError):
-    """An ablation that cannot run (unknown layer or channel, missing interior mean)."""
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _pairs(layers_channels) -> list[tuple[str, int]]:
-    """(layer, channel) pairs, unique, in first-seen order, from a table or an iterable."""
-    if isinstance(layers_channels, pd.DataFrame):
-        it = zip(layers_channels["layer"], layers_channels["channel"])
-    else:
-        it = layers_channels
-    seen: dict[tuple[str, int], None] = {}
-    for layer, channel in it:
-        seen[(str(layer), int(channel))] = None
-    return list(seen)
-
-
-def _module(model: nn.Module, layer: str) -> nn.Module:
-    try:
-        mod = model.get_submodule(layer)
-    except AttributeError as err:
-        raise AblationError(f"model has no module {layer!r}") from err
-    if not isinstance(mod, nn.Conv2d):
-        raise AblationError(f"{layer!r} is a {type(mod).__name__}, not a Conv2d")
-    return mod
 
 
 def _n_images(images) -> int | None:
@@ -79,182 +55,6 @@ def first_images(images, n: int, batch_size: int = 64) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _interior(y: torch.Tensor, bands: tuple[int, int, int, int]) -> torch.Tensor:
-    t, b, l, r = bands
-    ho, wo = y.shape[-2:]
-    return y[:, :, t:ho - b, l:wo - r]
-
-
-# --------------------------------------------------------------------------- means
-
-
-def interior_means(model: nn.Module, layers_channels, images, *, batch_size: int = 32,
-                   device: str | torch.device | None = None, progress: bool = False
-                   ) -> pd.DataFrame:
-    """Per (layer, channel): the conv output's mean over the interior positions of the
-    scan set (the positions whose window never reads padding, ConvSite.band_widths),
-    i.e. the value a channel takes when it carries no border information.
-
-    Returns a table with layer, channel, interior_mean, n_images.
-    """
-    pairs = _pairs(layers_channels)
-    if not pairs:
-        return pd.DataFrame(columns=["layer", "channel", "interior_mean", "n_images"])
-    device = torch.device(device) if device is not None else device_of(model)
-    layers = list(dict.fromkeys(layer for layer, _ in pairs))
-    mods = {layer: _module(model, layer) for layer in layers}
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {layer: 0 for layer in layers}
-    bands: dict[nn.Module, tuple[int, int, int, int]] = {}
-    n_images = 0
-
-    def hook(mod, inp, out):
-        name = names[mod]
-        y = _interior(out, bands[mod])
-        s = y.sum(dim=(0, 2, 3), dtype=torch.float64)
-        sums[name] = sums[name] + s if name in sums else s
-        counts[name] += y.shape[0] * y.shape[2] * y.shape[3]
-
-    names = {m: n for n, m in mods.items()}
-    was_training = model.training
-    model.eval()
-    handles = []
-    bar = progress_bar(desc="interior means", unit="img", enabled=progress, leave=False)
-    try:
-        with torch.inference_mode():
-            for x in iter_batches(images, batch_size):
-                x = x.to(device)
-                if not bands:
-                    sites = {s.module: s for s in discover(model, tuple(x.shape[-2:]))}
-                    bands.update({m: sites[m].band_widths() for m in names})
-                    handles = [m.register_forward_hook(hook) for m in names]
-                model(x)
-                n_images += x.shape[0]
-                bar.update(x.shape[0])
-    finally:
-        bar.close()
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    rows = []
-    for layer, channel in pairs:
-        if counts[layer] == 0:
-            raise AblationError(f"layer {layer!r} has no interior position at this size")
-        if channel >= sums[layer].shape[0]:
-            raise AblationError(f"layer {layer!r} has no channel {channel}")
-        rows.append({"layer": layer, "channel": channel,
-                     "interior_mean": float(sums[layer][channel] / counts[layer]),
-                     "n_images": n_images})
-    return pd.DataFrame(rows)
-
-
-def _means_lookup(means) -> dict[tuple[str, int], float]:
-    if means is None:
-        return {}
-    if isinstance(means, pd.DataFrame):
-        return {(str(r.layer), int(r.channel)): float(r.interior_mean)
-                for r in means.itertuples()}
-    return {(str(k[0]), int(k[1])): float(v) for k, v in dict(means).items()}
-
-
-# --------------------------------------------------------------------------- ablate
-
-
-@contextmanager
-def ablate(model: nn.Module, pans: pd.DataFrame, how: str = "mean", means=None, *,
-           images=None, batch_size: int = 32) -> Iterator[nn.Module]:
-    """Within the block, each (layer, channel) of ``pans`` is replaced by its interior mean.
-
-    how="mean": the whole channel becomes that constant; how="border": only its border
-    bands (every band row/column of the layer at the current input size, which includes
-    the PAN's own sides) do, the interior is untouched. ``means``: a table from
-    ``interior_means`` or a {(layer, channel): value} dict; when None it is computed
-    from ``images`` (the scan set). Forward hooks return new tensors, so parameters and
-    buffers are never modified; hooks are removed on exit, also on error.
-    """
-    if how not in HOWS:
-        raise ValueError(f"how must be one of {', '.join(HOWS)}; got {how!r}")
-    pairs = _pairs(pans) if len(pans) else []
-    if not pairs:
-        yield model
-        return
-    lookup = _means_lookup(means)
-    if means is None:
-        if images is None:
-            raise AblationError("ablate needs the interior means (means=) or the scan "
-                                "images to compute them (images=)")
-        lookup = _means_lookup(interior_means(model, pairs, images, batch_size=batch_size))
-    missing = [p for p in pairs if p not in lookup]
-    if missing:
-        raise AblationError(f"no interior mean for {len(missing)} channel(s), e.g. "
-                            f"{missing[0][0]}:{missing[0][1]}")
-    per_layer: dict[nn.Module, tuple[list[int], list[float]]] = {}
-    for layer, channel in pairs:
-        mod = _module(model, layer)
-        if channel >= mod.out_channels:
-            raise AblationError(f"layer {layer!r} has {mod.out_channels} channels; "
-                                f"got channel {channel}")
-        chans, vals = per_layer.setdefault(mod, ([], []))
-        chans.append(channel)
-        vals.append(lookup[(layer, channel)])
-
-    # Border geometry for the input size being run, found once per size with a
-    # discover() pass from a model pre-hook (re-entrant calls are skipped).
-    geometry: dict[tuple[int, int], dict[nn.Module, tuple[int, int, int, int]]] = {}
-    state = {"busy": False, "hw": None}
-
-    def root_pre_hook(mod, args):
-        if state["busy"] or not args or not isinstance(args[0], torch.Tensor):
-            return None
-        hw = tuple(int(v) for v in args[0].shape[-2:])
-        state["hw"] = hw
-        if how == "border" and hw not in geometry:
-            state["busy"] = True
-            try:
-                sites: dict[nn.Module, ConvSite] = {s.module: s for s in discover(model, hw)}
-            finally:
-                state["busy"] = False
-            geometry[hw] = {m: sites[m].band_widths() for m in per_layer if m in sites}
-        return None
-
-    cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def conv_hook(mod, inp, out):
-        if state["busy"]:
-            return None
-        chans, vals = per_layer[mod]
-        key = (mod, out.device, out.dtype)
-        if key not in cache:
-            cache[key] = (torch.tensor(chans, device=out.device),
-                          torch.tensor(vals, dtype=out.dtype, device=out.device).view(1, -1, 1, 1))
-        idx, fill = cache[key]
-        y = out.clone()
-        if how == "mean":
-            y[:, idx] = fill
-            return y
-        t, b, l, r = geometry[state["hw"]][mod]
-        ho, wo = y.shape[-2:]
-        if t:
-            y[:, idx, :t, :] = fill
-        if b:
-            y[:, idx, ho - b:, :] = fill
-        if l:
-            y[:, idx, :, :l] = fill
-        if r:
-            y[:, idx, :, wo - r:] = fill
-        return y
-
-    handles = []
-    try:
-        handles.append(model.register_forward_pre_hook(root_pre_hook))
-        for mod in per_layer:
-            handles.append(mod.register_forward_hook(conv_hook))
-        yield model
-    finally:
-        for h in handles:
-            h.remove()
-
-
 # --------------------------------------------------------------------------- controls
 
 
@@ -274,7 +74,7 @@ def random_controls(scores_or_candidates: pd.DataFrame, pans: pd.DataFrame, n_dr
         order = {}
     if pans is None or len(pans) == 0 or n_draws < 1:
         return pd.DataFrame(columns=cols).astype({"draw": int, "channel": int})
-    pan_set = set(_pairs(pans))
+    pan_set = set(channel_pairs(pans))
     need = pans.groupby("layer").size().to_dict()
     layers = sorted(need, key=lambda layer: (order.get(layer, math.inf), layer))
     pool = {layer: np.sort(np.array([c for c in cand.loc[cand["layer"] == layer, "channel"]
@@ -306,7 +106,7 @@ class Condition:
 def standard_conditions(pans: pd.DataFrame, means, controls: pd.DataFrame | None = None,
                         padding_modes: Sequence[str] = PADDING_SWAPS) -> list[Condition]:
     """intact, pans_mean, pans_border, random_mean (one per draw), padding_<mode>."""
-    n = len(_pairs(pans)) if len(pans) else 0
+    n = len(channel_pairs(pans)) if len(pans) else 0
     conds = [Condition("intact", 0, 0, lambda m: nullcontext(m)),
              Condition("pans_mean", 0, n, lambda m: ablate(m, pans, "mean", means)),
              Condition("pans_border", 0, n, lambda m: ablate(m, pans, "border", means))]
@@ -343,12 +143,10 @@ def evaluate_conditions(model: nn.Module, images, conditions: Sequence[Condition
     correct = np.zeros(k, dtype=np.int64)
     counts: np.ndarray | None = None
     n, n_labelled = 0, 0
-    was_training = model.training
-    model.eval()
     bar = progress_bar(total=_n_images(images), desc=f"ablation {model_name}".strip(),
                        unit="img", enabled=progress, leave=False)
     try:
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for x, y in iter_batches(images, batch_size, labels=True):
                 x = x.to(device)
                 if channels_last:
@@ -378,7 +176,6 @@ def evaluate_conditions(model: nn.Module, images, conditions: Sequence[Condition
                 bar.update(x.shape[0])
     finally:
         bar.close()
-        model.train(was_training)
     if n == 0:
         raise AblationError("no evaluation images were given")
     acc = correct / n_labelled if n_labelled else np.full(k, np.nan)
@@ -483,29 +280,27 @@ def characteristic_biases(class_shift: pd.DataFrame, k: int = 5) -> pd.DataFrame
     return pd.concat(frames, ignore_index=True)[cols]
 
 
-def eval_images(preprocessing, settings, size: int):
+def eval_images(preprocessing: Preprocessing, settings: Settings, size: int):
     """The evaluation set, disjoint from the scan set: bundled 'eval' photos (seed + 1),
     or the images of ``data_dir`` that the scan probe (n_images, seed) did not draw."""
-    from .probes import ImageFolderProbe, bundled_images
-
     p = preprocessing
-    seed = int(settings["seed"])
-    if settings.get("data_dir"):
-        scan_probe = ImageFolderProbe(settings["data_dir"], size, p.mean, p.std,
-                                      n=settings["n_images"], seed=seed)
-        probe = ImageFolderProbe(settings["data_dir"], size, p.mean, p.std)
+    seed = int(settings.seed)
+    if settings.data_dir:
+        scan_probe = ImageFolderProbe(settings.data_dir, size, p.mean, p.std,
+                                      n=settings.n_images, seed=seed)
+        probe = ImageFolderProbe(settings.data_dir, size, p.mean, p.std)
         used = set(scan_probe.files)
         keep = [i for i, f in enumerate(probe.files) if f not in used]
-        n = min(int(settings["n_eval"]), len(keep))
+        n = min(int(settings.n_eval), len(keep))
         pick = np.sort(np.random.default_rng(seed + 1).choice(keep, n, replace=False))
         probe.files = [probe.files[i] for i in pick]
         probe.labels = [probe.labels[i] for i in pick]
         return probe
-    return bundled_images(settings["n_eval"], size, split="eval", seed=seed + 1,
+    return bundled_images(settings.n_eval, size, split="eval", seed=seed + 1,
                           mean=p.mean, std=p.std)
 
 
-def study_model(model_name: str, settings, *, n_placement: int = 64,
+def study_model(model_name: str, settings: Settings, *, n_placement: int = 64,
                 placement_scale: float = 0.5, progress: bool = True) -> dict[str, pd.DataFrame]:
     """All chapter-3 tables of one model: find its PANs once on the scan set, draw the
     random controls, then evaluate every condition on the evaluation set and on shrunk
@@ -513,26 +308,22 @@ def study_model(model_name: str, settings, *, n_placement: int = 64,
 
     Returns pans, ablation, class_shift and placement tables (each with ``model``).
     """
-    from .models import load_model
-    from .probes import ImageFolderProbe, bundled_images
-    from .scan import find_pans
-
     loaded = load_model(model_name)
-    device = torch.device(settings.get("device") or "cpu")
+    device = torch.device(settings.device)
     model, p = loaded.model.to(device).eval(), loaded.preprocessing
-    size = int(settings.get("image_size") or p.input_size[0])
-    bs, seed = int(settings["batch_size"]), int(settings["seed"])
-    if settings.get("data_dir"):
-        scan_x = ImageFolderProbe(settings["data_dir"], size, p.mean, p.std,
-                                  n=settings["n_images"], seed=seed)
+    size = int(settings.image_size or p.input_size[0])
+    bs, seed = int(settings.batch_size), int(settings.seed)
+    if settings.data_dir:
+        scan_x = ImageFolderProbe(settings.data_dir, size, p.mean, p.std,
+                                  n=settings.n_images, seed=seed)
     else:
-        scan_x = bundled_images(settings["n_images"], size, split="scan", seed=seed,
+        scan_x = bundled_images(settings.n_images, size, split="scan", seed=seed,
                                 mean=p.mean, std=p.std)
-    pans, scores = find_pans(model, scan_x, settings["tau"], settings["consistency"],
+    pans, scores = find_pans(model, scan_x, settings.tau, settings.consistency,
                              batch_size=bs, device=device, progress=progress,
                              return_scores=True)
     controls = random_controls(scores[scores["mode"] == "native"], pans,
-                               int(settings["n_random_draws"]), seed)
+                               int(settings.n_random_draws), seed)
     needed = pd.concat([pans[["layer", "channel"]], controls[["layer", "channel"]]])
     means = interior_means(model, needed, scan_x, batch_size=bs, device=device,
                            progress=progress)

@@ -1,12 +1,14 @@
-"""Probe images: random crops of the bundled photos, image folders, tensors, in batches."""
+"""Probe images: random crops of the bundled photos, image folders, tensors, in batches
+(docs/METHOD.md §1)."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -56,9 +58,11 @@ def bundled_photos(split: str = "all") -> tuple[tuple[str, np.ndarray], ...]:
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel of an N×C×H×W batch in [0, 1]: the one
+    normalisation of the study (probes, folders and the training tasks)."""
     m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
+    return ((x - m) / s).contiguous()
 
 
 def random_crop_box(rng: np.random.Generator, h: int, w: int, min_scale: float
@@ -107,17 +111,94 @@ def _wnid_index() -> dict[str, int]:
         from timm.data import ImageNetInfo
 
         return {w: i for i, w in enumerate(ImageNetInfo().label_names())}
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - no ImageNet labels is a plain folder
         return {}
+
+
+def list_image_files(root: str | Path) -> list[Path]:
+    """Image files under ``root`` (any depth), sorted; symbolic links to folders are not
+    followed, so a link loop cannot repeat files."""
+    root = Path(root)
+    if not root.exists():
+        raise ProbeError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise ProbeError(f"not a folder: {root}")
+    files = [Path(d, f) for d, _, names in os.walk(root, followlinks=False) for f in names
+             if Path(f).suffix.lower() in IMAGE_SUFFIXES and Path(d, f).is_file()]
+    if not files:
+        raise ProbeError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {root}")
+    return sorted(files)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """The one image-folder reader: files of a folder, flat or one sub-folder per class,
+    as a torch ``Dataset`` of (image, label) through torchvision transforms.
+
+    Labels come from the folder layout only: class folders named by ImageNet WordNet ids
+    (``n01440764`` ...) get the standard ImageNet indices (unless ``imagenet_labels`` is
+    false), other class folders their sorted rank, and files directly in ``root`` -1. An unreadable file gives
+    ``None`` as its image; ``ImageFolderProbe`` skips and counts those.
+    """
+
+    def __init__(self, root: str | Path, transform: Callable | None = None,
+                 files: Sequence[Path] | None = None, imagenet_labels: bool = True):
+        self.root = Path(root)
+        self.transform = transform
+        all_files = list_image_files(self.root)
+        self.classes = sorted({p.parent.relative_to(self.root).as_posix()
+                               for p in all_files} - {"."})
+        wnids = _wnid_index() if imagenet_labels else {}
+        if self.classes and wnids and all(c in wnids for c in self.classes):
+            self.class_index = {c: wnids[c] for c in self.classes}
+        else:
+            self.class_index = {c: i for i, c in enumerate(self.classes)}
+        self.files = list(all_files if files is None else files)
+        self.labels = [self.label_of(p) for p in self.files]
+
+    def label_of(self, path: Path) -> int:
+        return self.class_index.get(Path(path).parent.relative_to(self.root).as_posix(), -1)
+
+    def subset(self, files: Sequence[Path], transform: Callable | None = None) -> ImageFiles:
+        """The same folder restricted to ``files`` (e.g. a train or test split)."""
+        out = object.__new__(ImageFiles)
+        out.__dict__.update(self.__dict__)
+        out.transform = self.transform if transform is None else transform
+        out.files = list(files)
+        out.labels = [self.label_of(p) for p in out.files]
+        return out
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(self.files[i]) as im:
+                img = im.convert("RGB")
+                x = self.transform(img) if self.transform is not None else img
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            x = None
+        return x, self.labels[i]
+
+
+def eval_transform(size: int | tuple[int, int], crop_fraction: float = 0.875) -> Callable:
+    """Resize the shorter side to ``max(size) / crop_fraction`` and take the centre crop
+    (the usual ImageNet evaluation transform), as a float tensor in [0, 1]."""
+    from torchvision import transforms
+
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    return transforms.Compose([
+        transforms.Resize(round(max(out_h, out_w) / crop_fraction), antialias=True),
+        transforms.CenterCrop((out_h, out_w)), transforms.ToTensor()])
 
 
 @dataclass
 class ImageFolderProbe:
-    """Images of a folder, flat or one sub-folder per class, streamed in batches.
+    """Images of a folder (``ImageFiles``), evaluation-transformed, in normalised batches.
 
-    Class folders named by ImageNet WordNet ids (``n01440764`` ...) get the standard
-    ImageNet label indices, so accuracy can be measured against a 1000-class model.
-    Unreadable files are skipped with one warning that counts them.
+    ``n`` draws that many files with ``seed``. Unreadable files are skipped with one
+    warning that counts them.
     """
 
     root: str | Path
@@ -133,27 +214,14 @@ class ImageFolderProbe:
     skipped: list[Path] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        root = Path(self.root)
-        if not root.exists():
-            raise ProbeError(f"image folder not found: {root}")
-        if not root.is_dir():
-            raise ProbeError(f"not a folder: {root}")
-        files = sorted(p for p in root.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ProbeError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {root}")
-        self.classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
-        wnids = _wnid_index()
-        if self.classes and wnids and all(c in wnids for c in self.classes):
-            index = {c: wnids[c] for c in self.classes}
-        else:
-            index = {c: i for i, c in enumerate(self.classes)}
-        labels = [index.get(p.parent.relative_to(root).as_posix(), -1) for p in files]
+        data = ImageFiles(self.root, eval_transform(self.size, self.crop_fraction))
+        files = data.files
         if self.n is not None and self.n < len(files):
             pick = np.sort(np.random.default_rng(self.seed).choice(len(files), self.n,
                                                                   replace=False))
-            files, labels = [files[i] for i in pick], [labels[i] for i in pick]
-        self.files, self.labels = files, labels
+            files = [files[i] for i in pick]
+        self.data = data.subset(files)
+        self.files, self.labels, self.classes = self.data.files, self.data.labels, data.classes
 
     @property
     def has_labels(self) -> bool:
@@ -162,34 +230,17 @@ class ImageFolderProbe:
     def __len__(self) -> int:
         return len(self.files)
 
-    def _read(self, path: Path) -> torch.Tensor | None:
-        from PIL import Image, UnidentifiedImageError
-
-        out_h, out_w = (self.size, self.size) if isinstance(self.size, int) else self.size
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                w, h = im.size
-                scale = max(out_h, out_w) / self.crop_fraction / min(h, w)
-                im = im.resize((max(out_w, round(w * scale)), max(out_h, round(h * scale))),
-                               Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            return None
-        top, left = (arr.shape[0] - out_h) // 2, (arr.shape[1] - out_w) // 2
-        arr = arr[top:top + out_h, left:left + out_w]
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches()
 
     def batches(self, batch_size: int = 32) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.skipped = []
+        data = self.data.subset(self.files)  # files may have been narrowed after init
         xs, ys = [], []
-        for path, label in zip(self.files, self.labels):
-            x = self._read(path)
+        for i in range(len(data)):
+            x, label = data[i]
             if x is None:
-                self.skipped.append(path)
+                self.skipped.append(data.files[i])
                 continue
             xs.append(x)
             ys.append(label)

@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .taxonomy import TYPE_ORDER  # noqa: E402
+from ..engine.types import TYPE_ORDER  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 

@@ -1,10 +1,10 @@
-"""A compiled CPU reduction for the scan: each feature map read once (DESIGN 7).
+"""A compiled CPU reduction for the scan: each feature map read once.
 
 A scan should cost about one plain forward pass. PyTorch needs several passes over a map
 (and a dozen small ops) to get per-image band sums, interior sums and interior sums of
 squares; this numba kernel reads a channels-last float32 map once and accumulates in
 float64. Numba is optional at run time: without it, and on GPU, other dtypes or layouts,
-the scan uses its PyTorch path (``pan_utils.scan``), which the tests hold it equal to.
+the scan uses its PyTorch path (``pan_utils.engine.scan``), which the tests hold it equal to.
 Compiled code is cached on disk (``cache=True``), so only the first call ever compiles.
 """
 

@@ -1,18 +1,18 @@
-"""Score every candidate channel's border contrast and decide which are PANs (DESIGN 4.3-4.4).
+"""Score every candidate channel's border contrast, and find the PANs (docs/METHOD.md §3-4).
 
 Forward hooks reduce each conv output to a few numbers per image and channel (band sums
 and interior sums), accumulated in float64 as running sums on the model's device: no
 feature map outlives its hook, so memory does not grow with the number of images, and
 nothing is copied to the host until the end. On CPU a compiled kernel
-(``pan_utils.kernels``) does this in one read of each map; elsewhere PyTorch ops do.
+(``pan_utils.engine.kernels``) does this in one read of each map; elsewhere PyTorch ops do.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,15 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .geometry import REGIONS
+from .hooks import eval_mode, hooks
 from .models import device_of
-from .padding import (CORNERS, REGIONS, SIDES, ConvSite, discover, discovering,
-                      padding_policy)
+from .padding import ConvSite, discover, discovering
+from .policy import padding_policy
 from .probes import iter_batches
 from .progress import progress_bar
-from .taxonomy import pan_type
-
-SIDE_NAMES = {"T": "top", "B": "bottom", "L": "left", "R": "right"}
-NULL_MODE = "circular"
+from .rule import NULL_MODE, decide_pans
 
 
 class ScanError(ValueError):
@@ -182,12 +181,11 @@ class _Accumulator:
         })
 
 
-@contextmanager
-def _hooks(accs: dict[nn.Module, _Accumulator],
-           found: dict[nn.Module, ConvSite] | None = None,
-           modules: Iterable[nn.Module] | None = None) -> Iterator[None]:
-    """Scan hooks on ``modules`` (default: the accumulators' convs). With ``found`` (being
-    filled by ``discovering``), a candidate conv gets its accumulator when first called."""
+def scan_hook(accs: dict[nn.Module, _Accumulator],
+              found: dict[nn.Module, ConvSite] | None = None):
+    """The forward hook that feeds each conv output to its accumulator. With ``found``
+    (being filled by ``discovering``), a candidate conv gets its accumulator when first
+    called."""
 
     def hook(mod, inp, out):
         acc = accs.get(mod)
@@ -200,20 +198,14 @@ def _hooks(accs: dict[nn.Module, _Accumulator],
             acc.geometry(tuple(inp[0].shape[-2:]), tuple(out.shape[-2:]))
         acc.update(out)
 
-    handles = [m.register_forward_hook(hook) for m in (list(accs) if modules is None
-                                                       else modules)]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    return hook
 
 
 def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
          device: str | torch.device | None = None, progress: bool = True,
          desc: str = "scan", modes: Sequence[str] | None = None,
          channels_last: bool = True) -> pd.DataFrame:
-    """One row per (layer, channel, side/corner) with the statistics of DESIGN 4.3.
+    """One row per (layer, channel, side/corner) with the statistics of docs/METHOD.md §3.
 
     ``modes``: padding modes to score, 'native' meaning the model as it is; each batch
     is run once per mode, so the images are read only once. ``null=True`` is shorthand
@@ -227,13 +219,11 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
     if device.type != device_of(model).type:
         raise ScanError(f"the model is on {device_of(model)}, not {device}: move it first "
                         f"(model.to('{device}'))")
-    was_training = model.training
-    model.eval()
     accs: dict[str, dict[nn.Module, _Accumulator]] = {m: {} for m in modes}
     sites: list[ConvSite] | None = None
     bar = progress_bar(desc=desc, unit="img", enabled=progress, leave=False)
     try:
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for x in iter_batches(images, batch_size):
                 x = x.to(device, non_blocking=True)
                 if channels_last:
@@ -241,9 +231,11 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
                 todo = modes
                 if sites is None:
                     if modes[0] == "native":  # discover the convs on this very forward pass
-                        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-                        with discovering(model) as found, _hooks(accs["native"], found, convs):
-                            model(x)
+                        with discovering(model) as found:  # its hooks run before the scan's
+                            hook = scan_hook(accs["native"], found)
+                            with hooks([(m, hook) for m in model.modules()
+                                        if isinstance(m, nn.Conv2d)]):
+                                model(x)
                         sites, todo = [s for s in found.values() if s.is_candidate], modes[1:]
                     else:
                         sites = [s for s in discover(model, tuple(x.shape[-2:]))
@@ -255,12 +247,11 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
                         accs[mode] = {s.module: _Accumulator(s) for s in sites}
                 for mode in todo:
                     policy = nullcontext() if mode == "native" else padding_policy(model, mode)
-                    with policy, _hooks(accs[mode]):
+                    with policy, hooks([(m, scan_hook(accs[mode])) for m in accs[mode]]):
                         model(x)
                 bar.update(x.shape[0])
     finally:
         bar.close()
-        model.train(was_training)
     if sites is None:
         raise ScanError("no probe images were given")
     n = max(len(sites) - 1, 1)
@@ -272,81 +263,11 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
     return scores
 
 
-def decide_pans(scores: pd.DataFrame, *, tau: float = 3.0, consistency: float = 0.95,
-                null_mode: str | None = NULL_MODE, mode: str = "native") -> pd.DataFrame:
-    """The decision rule of DESIGN 4.4 on a score table: one row per PAN.
-
-    A (channel, side) is significant when |d| >= tau, consistency >= q and, when the
-    table holds the null mode, |d_null| < tau. A channel with any significant side or
-    corner is a PAN. ``mode='circular', null_mode=None`` counts what the circular null
-    itself would call PANs.
-    """
-    sig = significant_regions(scores, tau=tau, consistency=consistency, null_mode=null_mode,
-                              mode=mode)
-    keys = ["layer", "order", "depth", "channel"]
-    cols = keys + ["sides", "corners", "polarity", "type", "score", "d_top", "d_bottom",
-                   "d_left", "d_right", "consistency"]
-    if not sig["significant"].any():
-        return pd.DataFrame(columns=cols)
-    # One row per channel, one column per region (sides then corners).
-    wide = sig.set_index(keys + ["side"])[["d", "significant", "consistency"]].unstack("side")
-    flags = wide["significant"].reindex(columns=list(REGIONS)).fillna(False).astype(bool)
-    is_pan = flags.any(axis=1).to_numpy()
-    present = flags.to_numpy()[is_pan]
-    d_all = wide["d"].reindex(columns=list(REGIONS))[is_pan]
-    d_sig = d_all.where(present).to_numpy()  # d where significant, else nan
-    pans = d_all.index.to_frame(index=False)
-    pans["channel"] = pans["channel"].astype(int)
-    pans["sides"] = ["".join(s for s, p in zip(SIDES, row) if p) for row in present[:, :4]]
-    pans["corners"] = [",".join(c for c, p in zip(CORNERS, row) if p) for row in present[:, 4:]]
-    pos, neg, n = (d_sig > 0).sum(1), (d_sig < 0).sum(1), present.sum(1)
-    pans["polarity"] = np.where(pos == n, "+", np.where(neg == n, "-", "mixed"))
-    pans["type"] = [pan_type(sd, cn) for sd, cn in zip(pans["sides"], pans["corners"])]
-    pans["score"] = np.nanmax(np.abs(d_sig), axis=1)
-    for side in SIDES:
-        pans[f"d_{SIDE_NAMES[side]}"] = d_all[side].to_numpy(dtype=float)
-    consistency_all = wide["consistency"].reindex(columns=list(REGIONS))[is_pan]
-    pans["consistency"] = consistency_all.where(present).min(axis=1).to_numpy(dtype=float)
-    return pans[cols].sort_values(["order", "channel"], ignore_index=True)
-
-
-def significant_regions(scores: pd.DataFrame, *, tau: float = 3.0, consistency: float = 0.95,
-                        null_mode: str | None = NULL_MODE, mode: str = "native"
-                        ) -> pd.DataFrame:
-    """Rows of ``mode`` with ``d_null`` and a boolean ``significant`` column."""
-    native = scores[scores["mode"] == mode].copy()
-    keys = ["layer", "channel", "side"]
-    if null_mode is not None and (scores["mode"] == null_mode).any():
-        nulls = scores.loc[scores["mode"] == null_mode, keys + ["d"]].rename(
-            columns={"d": "d_null"})
-        native = native.merge(nulls, on=keys, how="left")
-        null_ok = ~(native["d_null"].abs() >= tau)  # nan (no null band) passes
-    else:
-        native["d_null"] = np.nan
-        null_ok = True
-    native["significant"] = (native["applicable"] & (native["d"].abs() >= tau)
-                             & (native["consistency"] >= consistency) & null_ok)
-    return native
-
-
-def pan_counts_by_tau(scores: pd.DataFrame, taus: Iterable[float], *,
-                      consistency: float = 0.95, null_mode: str | None = NULL_MODE,
-                      mode: str = "native") -> pd.DataFrame:
-    """PAN count per threshold: the sensitivity curve of DESIGN 4.4."""
-    rows = []
-    for tau in taus:
-        sig = significant_regions(scores, tau=tau, consistency=consistency,
-                                  null_mode=null_mode, mode=mode)
-        n = sig.loc[sig["significant"], ["layer", "channel"]].drop_duplicates().shape[0]
-        rows.append({"tau": float(tau), "pans": n})
-    return pd.DataFrame(rows)
-
-
 def find_pans(model: nn.Module, images, tau: float = 3.0, consistency: float = 0.95, *,
               null: bool = True, batch_size: int = 32,
               device: str | torch.device | None = None, progress: bool = True,
               return_scores: bool = False, channels_last: bool = True):
-    """PANs of ``model`` on ``images``: one row per PAN (DESIGN 6).
+    """PANs of ``model`` on ``images``: one row per PAN.
 
     With ``null=True`` (default) each batch also runs under circular padding and sides
     that keep their contrast there are discarded. ``return_scores=True`` returns

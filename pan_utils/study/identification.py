@@ -1,48 +1,47 @@
 """Chapter 1: find the PANs of a model, pre-trained and random-init, with their baselines.
 
 ``identify`` turns one model into the tables of notebook 01 (counts, one row per PAN,
-sensitivity to tau, PANs per layer, per-channel score distribution); ``record_maps``
-averages chosen channels' feature maps over probe images inside a forward hook, so that
-example activation maps can be drawn without keeping every map in memory.
+sensitivity to tau, PANs per layer, per-channel score distribution); ``example_maps``
+draws the mean activation maps of the strongest PANs beside typical non-PANs.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
-from .models import LoadedModel, load_model, random_init
-from .padding import discover
-from .probes import ImageFolderProbe, bundled_images, iter_batches
-from .scan import decide_pans, find_pans, pan_counts_by_tau
+from ..engine.maps import bn_signs, record_maps
+from ..engine.models import LoadedModel, load_model, random_init
+from ..engine.probes import ImageFolderProbe, bundled_images
+from ..engine.rule import decide_pans, pan_counts_by_tau
+from ..engine.scan import find_pans
+from .settings import Settings
 
 WEIGHTS = ("pretrained", "random-init")
 MAP_IMAGES = 64  # mean maps settle well before this; the first crops of the scan set
 TAUS = tuple(float(t) for t in range(1, 11))
 
 
-def input_size(loaded: LoadedModel, settings: Mapping[str, Any]) -> int:
+def input_size(loaded: LoadedModel, settings: Settings) -> int:
     """The probe size: the profile's ``image_size`` or else the model's own input size."""
-    size = settings.get("image_size")
+    size = settings.image_size
     return int(size) if size else int(loaded.preprocessing.input_size[0])
 
 
-def probe_images(loaded: LoadedModel, settings: Mapping[str, Any], size: int | None = None,
+def probe_images(loaded: LoadedModel, settings: Settings, size: int | None = None,
                  split: str = "scan", n: int | None = None):
-    """The scan probe set of DESIGN 4.6 for ``loaded`` (a tensor, or a folder probe);
+    """The scan probe set (docs/METHOD.md §1) for ``loaded`` (a tensor, or a folder probe);
     ``n`` caps the number of images (the first ``n`` crops of the same set)."""
     size = size or input_size(loaded, settings)
     p = loaded.preprocessing
-    n = min(n, settings["n_images"]) if n else settings["n_images"]
-    if settings.get("data_dir"):
-        return ImageFolderProbe(settings["data_dir"], size, p.mean, p.std,
-                                n=n, seed=settings["seed"])
-    return bundled_images(n, size, seed=settings["seed"], split=split,
+    n = min(n, settings.n_images) if n else settings.n_images
+    if settings.data_dir:
+        return ImageFolderProbe(settings.data_dir, size, p.mean, p.std,
+                                n=n, seed=settings.seed)
+    return bundled_images(n, size, seed=settings.seed, split=split,
                           mean=p.mean, std=p.std)
 
 
@@ -69,26 +68,26 @@ def per_layer(scores: pd.DataFrame, pans: pd.DataFrame) -> pd.DataFrame:
     return layers.sort_values("order", ignore_index=True)
 
 
-def identify(model_name: str, settings: Mapping[str, Any], *, progress: bool = True,
+def identify(model_name: str, settings: Settings, *, progress: bool = True,
              taus: Sequence[float] = TAUS) -> dict[str, pd.DataFrame]:
     """All chapter-1 tables of one model: pre-trained and random-init, each with its null.
 
     Returns ``pan_counts``, ``pans``, ``pan_sensitivity``, ``pan_layers`` and
     ``channel_scores``, every table carrying ``model`` and ``weights`` columns.
     """
-    tau, q = float(settings["tau"]), float(settings["consistency"])
+    tau, q = float(settings.tau), float(settings.consistency)
     loaded = load_model(model_name)
     size = input_size(loaded, settings)
     images = probe_images(loaded, settings, size)
     models = {"pretrained": loaded.model,
-              "random-init": random_init(loaded.model, settings["seed"])}
-    device = settings.get("device") or "cpu"
+              "random-init": random_init(loaded.model, settings.seed)}
+    device = settings.device
     out: dict[str, list[pd.DataFrame]] = {k: [] for k in
                                           ("pan_counts", "pans", "pan_sensitivity",
                                            "pan_layers", "channel_scores")}
     for weights, model in models.items():
         model.to(device)
-        pans, scores = find_pans(model, images, tau, q, batch_size=settings["batch_size"],
+        pans, scores = find_pans(model, images, tau, q, batch_size=settings.batch_size,
                                  device=device, progress=progress, return_scores=True)
         n_images = int(scores["n_images"].iloc[0])
         circ = decide_pans(scores, tau=tau, consistency=q, mode="circular", null_mode=None)
@@ -122,82 +121,14 @@ def identify(model_name: str, settings: Mapping[str, Any], *, progress: bool = T
     return tables
 
 
-def identify_all(settings: Mapping[str, Any], *, progress: bool = True
+def identify_all(settings: Settings, *, progress: bool = True
                  ) -> dict[str, pd.DataFrame]:
     """``identify`` for every model of the profile, tables concatenated."""
-    parts = [identify(m, settings, progress=progress) for m in settings["models"]]
+    parts = [identify(m, settings, progress=progress) for m in settings.models]
     return {k: pd.concat([p[k] for p in parts], ignore_index=True) for k in parts[0]}
 
 
 # --------------------------------------------------------------------------- maps
-
-
-class MapRecorder:
-    """Running sums of chosen channels' maps, filled by a forward hook."""
-
-    def __init__(self, channels: Sequence[int], sign: Sequence[float] | None = None):
-        self.channels = [int(c) for c in channels]
-        self.sign = None if sign is None else torch.as_tensor(sign, dtype=torch.float64)
-        self.total: torch.Tensor | None = None
-        self.n = 0
-
-    def hook(self, module: nn.Module, inp, out: torch.Tensor) -> None:
-        y = out[:, self.channels].to(torch.float64).sum(0).cpu()
-        if self.total is None:
-            self.total = torch.zeros_like(y)
-        elif self.total.shape != y.shape:
-            raise ValueError(f"map size changed from {tuple(self.total.shape[1:])} to "
-                             f"{tuple(y.shape[1:])}: probe images must share one size")
-        self.total += y
-        self.n += out.shape[0]
-
-    @property
-    def mean(self) -> torch.Tensor:
-        """(len(channels), H, W) mean map; BatchNorm sign applied when one was given."""
-        if self.total is None:
-            raise ValueError("no image went through the recorded layer")
-        m = self.total / self.n
-        return m * self.sign.view(-1, 1, 1) if self.sign is not None else m
-
-
-@contextmanager
-def recording(model: nn.Module, layers: Mapping[str, Sequence[int]],
-              signs: Mapping[str, Sequence[float]] | None = None
-              ) -> Iterator[dict[str, MapRecorder]]:
-    """Hook ``layers`` (name -> channels) of ``model``; hooks removed on exit, also on error."""
-    modules = dict(model.named_modules())
-    missing = [n for n in layers if n not in modules]
-    if missing:
-        raise KeyError(f"no layer named {', '.join(missing)} in the model")
-    recs = {n: MapRecorder(ch, (signs or {}).get(n)) for n, ch in layers.items()}
-    handles = [modules[n].register_forward_hook(recs[n].hook) for n in layers]
-    try:
-        yield recs
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def record_maps(model: nn.Module, layers: Mapping[str, Sequence[int]], images, *,
-                batch_size: int = 32, signs: Mapping[str, Sequence[float]] | None = None
-                ) -> dict[str, torch.Tensor]:
-    """Mean (over ``images``) output map of chosen channels of several layers, one pass."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        with recording(model, layers, signs) as recs, torch.inference_mode():
-            for x in iter_batches(images, batch_size):
-                model(x.to(device))
-    finally:
-        model.train(was_training)
-    return {n: r.mean for n, r in recs.items()}
-
-
-def record_channel_maps(model: nn.Module, layer: str, channels: Sequence[int], images, *,
-                        batch_size: int = 32) -> torch.Tensor:
-    """(len(channels), H, W): the mean map of ``channels`` of ``layer`` over ``images``."""
-    return record_maps(model, {layer: channels}, images, batch_size=batch_size)[layer]
 
 
 def maps_table(maps: torch.Tensor, meta: pd.DataFrame) -> pd.DataFrame:
@@ -208,12 +139,6 @@ def maps_table(maps: torch.Tensor, meta: pd.DataFrame) -> pd.DataFrame:
         row=rows.ravel(), col=cols.ravel(), value=maps[i].numpy().ravel())
         for i in range(k)]
     return pd.concat(frames, ignore_index=True)
-
-
-def bn_signs(model: nn.Module, size: int) -> dict[str, np.ndarray]:
-    """Per padded conv, the sign of the BatchNorm weight that consumes it (+1 without one)."""
-    return {s.name: (s.bn_sign.numpy() if s.bn_sign is not None
-                     else np.ones(s.module.out_channels)) for s in discover(model, size)}
 
 
 def pick_examples(pans: pd.DataFrame, scores: pd.DataFrame, n_pans: int = 4,
@@ -234,7 +159,7 @@ def pick_examples(pans: pd.DataFrame, scores: pd.DataFrame, n_pans: int = 4,
     return layer, pd.concat([chosen, others], ignore_index=True)
 
 
-def example_maps(model_name: str, settings: Mapping[str, Any], pans: pd.DataFrame,
+def example_maps(model_name: str, settings: Settings, pans: pd.DataFrame,
                  scores: pd.DataFrame, n_pans: int = 4, n_other: int = 4) -> pd.DataFrame:
     """Mean activation maps (BatchNorm sign folded in) of the strongest PANs of one layer
     beside typical non-PANs of that layer, pre-trained weights, on the scan probes."""
@@ -244,11 +169,11 @@ def example_maps(model_name: str, settings: Mapping[str, Any], pans: pd.DataFram
         return pd.DataFrame()
     layer, chosen = pick_examples(pans, scores, n_pans, n_other)
     loaded = load_model(model_name)
-    loaded.model.to(settings.get("device") or "cpu")
+    loaded.model.to(settings.device)
     size = input_size(loaded, settings)
     sign = bn_signs(loaded.model, size)[layer][chosen["channel"].to_numpy()]
     maps = record_maps(loaded.model, {layer: chosen["channel"].tolist()},
                        probe_images(loaded, settings, size, n=MAP_IMAGES),
-                       batch_size=settings["batch_size"], signs={layer: sign})[layer]
+                       batch_size=settings.batch_size, signs={layer: sign})[layer]
     return maps_table(maps.float(), chosen.assign(model=model_name)[
         ["model", "layer", "channel", "kind", "sides", "max_abs_d"]])

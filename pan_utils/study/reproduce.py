@@ -1,4 +1,5 @@
-"""Profiles, safe result writing, and the papermill runner behind `make reproduce`."""
+"""The papermill runner behind ``make reproduce``: executes the notebooks, writes them
+atomically, and keeps ``manifest.json`` and the results index."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -15,141 +15,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-# Every notebook reads its settings from here: a parameter left at None takes the
-# profile's value, so the notebooks' `parameters` cells hold only independent literals.
-PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": {
-        "models": ["mobilenet_v2"],
-        "n_images": 16,
-        "n_eval": 16,
-        "image_size": 128,  # below ~128 px the deepest maps have almost no interior
-        "batch_size": 16,
-        "n_random_draws": 2,
-        "train_seeds": [0],
-        "train_epochs": 1,
-        "train_patches": 64,
-        "train_width": 4,
-        "train_depth": 1,
-        "train_test_patches": 32,
-        "train_scan_images": 32,
-        "data_dir": None,
-        "device": "cpu",
-    },
-    "default": {
-        "models": ["mobilenet_v2", "efficientnet_lite0"],
-        "n_images": 256,
-        "n_eval": 256,
-        "image_size": None,  # None: the model's own input size
-        "batch_size": 32,
-        "n_random_draws": 5,
-        "train_seeds": [0, 1, 2],
-        "train_epochs": 3,
-        "train_patches": 1536,
-        "train_width": 16,
-        "train_depth": 1,
-        "train_test_patches": 384,
-        "train_scan_images": 256,
-        "data_dir": None,
-        "device": "cpu",
-    },
-    "paper": {
-        "models": [
-            "resnet50.tv_in1k", "resnet50.tv2_in1k", "resnet50.a1_in1k",
-            "mobilenetv3_large_100.ra_in1k", "efficientnet_b0.ra_in1k",
-            "convnext_tiny.fb_in1k", "vgg16_bn.tv_in1k", "densenet121.tv_in1k",
-            "regnety_016.tv2_in1k", "mobilenet_v2", "efficientnet_lite0",
-        ],
-        "n_images": 1024,
-        "n_eval": 5000,
-        "image_size": None,
-        "batch_size": 64,
-        "n_random_draws": 10,
-        "train_seeds": [0, 1, 2, 3, 4],
-        "train_epochs": 30,
-        "train_patches": 8192,
-        "train_width": 32,
-        "train_depth": 2,
-        "train_test_patches": 2048,
-        "train_scan_images": 512,
-        "data_dir": None,  # required: an ImageNet validation folder (DATA_DIR=...)
-        "device": "auto",
-    },
-}
-COMMON = {"tau": 3.0, "consistency": 0.95, "seed": 0}
-
-
-def settings(profile: str = "default", **overrides: Any) -> dict[str, Any]:
-    """The profile's settings with every non-None override applied."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    merged = {"profile": profile, **COMMON, **PROFILES[profile]}
-    unknown = set(overrides) - set(merged)
-    if unknown:
-        raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    if merged["device"] == "auto":
-        import torch
-
-        merged["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    return merged
-
-
-def _atomic(path: Path, write) -> Path:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        _readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _readable(path: str | Path) -> None:
-    """mkstemp creates 0600 files; results are shared, so give them the usual umask mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def write_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> Path:
-    """``out_dir/tables/name.csv``, written atomically; floats rounded for stable diffs."""
-    return _atomic(Path(out_dir) / "tables" / f"{name}.csv",
-                   lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
-
-
-TEXT_COLUMNS = ("model", "weights", "layer", "sides", "corners", "polarity", "type", "side",
-                "condition", "mode", "policy", "task", "class_name")
-
-
-def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:
-    """A table written by ``write_table``; empty text cells (e.g. no sides) stay ''."""
-    path = Path(out_dir) / "tables" / f"{name}.csv"
-    header = pd.read_csv(path, nrows=0).columns
-    return pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS if c in header},
-                       keep_default_na=False, na_values={c: ["", "nan"] for c in header
-                                                         if c not in TEXT_COLUMNS})
-
-
-def save_figure(fig, out_dir: str | Path, name: str) -> Path:
-    """``out_dir/figures/name.png``, written atomically."""
-    return _atomic(Path(out_dir) / "figures" / f"{name}.png",
-                   lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight",
-                                           metadata={"Software": None}))
-
+from ..engine.io import atomic_write, readable
+from .settings import PROFILES, Settings, settings
 
 # --------------------------------------------------------------------------------------
 # The runner: executes notebooks with papermill, writes them atomically, keeps a manifest.
 # --------------------------------------------------------------------------------------
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 KERNEL_NAME = "python3"
 DEFAULT_TIMEOUT = 3600  # seconds per cell: a hung cell fails the run instead of blocking it
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "pandas", "scipy", "matplotlib",
@@ -304,7 +177,7 @@ def run_notebook(src: str | Path, out_dir: str | Path, profile: str = "smoke",
         if tmp.exists() and tmp.stat().st_size:
             with contextlib.suppress(Exception):
                 _sanitise_metadata(tmp, src, failed, cwd)
-            _readable(tmp)
+            readable(tmp)
             os.replace(tmp, failed)
         else:
             failed = None
@@ -317,7 +190,7 @@ def run_notebook(src: str | Path, out_dir: str | Path, profile: str = "smoke",
     wall = time.perf_counter() - start
     try:
         _sanitise_metadata(tmp, src, final, cwd)
-        _readable(tmp)
+        readable(tmp)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -347,10 +220,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _resolved_settings(profile: str, params: dict[str, Any]) -> dict[str, Any] | None:
-    overrides = {k: v for k, v in params.items()
-                 if k in {**COMMON, **PROFILES[profile]} and k != "profile"}
+    fields = set(Settings.__dataclass_fields__) - {"profile"}
     try:
-        return settings(profile, **overrides)
+        return settings(profile, **{k: v for k, v in params.items() if k in fields}).as_dict()
     except Exception:  # noqa: BLE001 - the manifest records what it can
         return None
 
@@ -426,7 +298,7 @@ def update_manifest_file(out_dir: str | Path, entries: dict[str, dict[str, Any]]
         "notebooks": dict(sorted(notebooks.items())),
     }
     text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-    return _atomic(Path(out_dir) / "manifest.json", lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(Path(out_dir) / "manifest.json", lambda tmp: Path(tmp).write_text(text))
 
 
 def write_index(out_dir: str | Path) -> Path:
@@ -434,7 +306,7 @@ def write_index(out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
     lines = ["# Results", "",
-             "Generated by `make reproduce` (`python -m pan_utils.reproduce`); do not edit.", ""]
+             "Generated by `make reproduce` (`python -m pan_utils.study.reproduce`); do not edit.", ""]
     if manifest:
         git = manifest.get("git", {})
         commit = (git.get("commit") or "unknown")[:12] + (" (dirty)" if git.get("dirty") else "")
@@ -459,7 +331,7 @@ def write_index(out_dir: str | Path) -> Path:
             lines.append(f"- [{p.name}]({sub}/{p.name}){extra}")
         lines.append("")
     text = "\n".join(lines)
-    return _atomic(out_dir / "README.md", lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(out_dir / "README.md", lambda tmp: Path(tmp).write_text(text))
 
 
 def default_notebooks(root: str | Path = REPO_ROOT) -> list[Path]:
@@ -467,33 +339,11 @@ def default_notebooks(root: str | Path = REPO_ROOT) -> list[Path]:
     return sorted(Path(root, "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-# Text that differs between two runs of the same computation (for comparing outputs).
-_VOLATILE = [
-    (re.compile(r"\b0x[0-9a-fA-F]+\b"), "0xADDR"),
-    (re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?"),
-     "<TIMESTAMP>"),
-    (re.compile(r"\b\d{4}-\d{2}-\d{2}\b"), "<DATE>"),
-    (re.compile(r"\b\d{1,2}:\d{2}(:\d{2})?(<\d{1,2}:\d{2}(:\d{2})?)?"), "<CLOCK>"),
-    (re.compile(r"\b\d+(\.\d+)?\s?(it/s|s/it|img/s|images/s)"), "<RATE>"),
-    (re.compile(r"\b\d+(\.\d+)?\s?(ms|us|µs|s|sec|seconds|min)\b"), "<DURATION>"),
-]
-
-
-def sanitise(text: str) -> str:
-    """``text`` with memory addresses, dates, clock times, durations and rates masked.
-
-    Two runs of the same computation then compare equal unless their results differ.
-    """
-    for pattern, repl in _VOLATILE:
-        text = pattern.sub(repl, text)
-    return text
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m pan_utils.reproduce",
+        prog="python -m pan_utils.study.reproduce",
         description="Execute the study's notebooks with papermill into OUT "
                     "(notebooks/, tables/, figures/, manifest.json, README.md).")
     parser.add_argument("notebooks", nargs="*", help="notebooks to run, in order "

@@ -1,5 +1,5 @@
-"""PAN types from the sides they detect, and the taxonomy summaries of DESIGN 4.5
-(types and polarity, kernel weight mass on the pad, uneven padding between sizes)."""
+"""Chapter 2: the taxonomy of PANs (docs/METHOD.md §6): types and polarity, kernel
+weight mass on the pad, and uneven padding between input sizes S and S+1."""
 
 from __future__ import annotations
 
@@ -7,28 +7,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-TYPE_ORDER = ("single side", "opposite pair", "adjacent pair", "three sides", "full frame",
-              "corner only")
-
-
-def pan_type(sides: str, corners: str = "") -> str:
-    """Type of a PAN from its significant sides ('T', 'LR', 'TBLR', ...) and corners."""
-    n = len(sides)
-    if n == 0:
-        return "corner only" if corners else "none"
-    if n == 1:
-        return "single side"
-    if n == 2:
-        return "opposite pair" if set(sides) in ({"T", "B"}, {"L", "R"}) else "adjacent pair"
-    return "three sides" if n == 3 else "full frame"
-
+from ..engine.geometry import SIDES, VERTICAL, side_column
+from ..engine.maps import bn_signs, record_maps
+from ..engine.models import load_model
+from ..engine.padding import ConvSite, discover, padded_convs
+from ..engine.scan import find_pans
+from ..engine.types import TYPE_ORDER
+from .identification import MAP_IMAGES, input_size, maps_table, probe_images
+from .settings import Settings
 
 # --------------------------------------------------------------------------- summaries
 # (everything below works from the tables of chapter 1; see notebooks/02_taxonomy)
 
 
-POLARITIES = ("+", "-", "mixed")
-SIDE_COLUMNS = {"T": "band_top", "B": "band_bottom", "L": "band_left", "R": "band_right"}
 
 
 def type_counts(pans: pd.DataFrame) -> pd.DataFrame:
@@ -52,7 +43,7 @@ def side_counts(pans: pd.DataFrame, by: tuple[str, ...] = ("model", "weights")) 
     for key, g in pans.groupby(list(by), sort=True):
         key = key if isinstance(key, tuple) else (key,)
         sides = g["sides"].fillna("")
-        for s in SIDE_COLUMNS:
+        for s in SIDES:
             rows.append({**dict(zip(by, key)), "side": s,
                          "pans": int(sides.str.contains(s, regex=False).sum())})
         rows.append({**dict(zip(by, key)), "side": "corner only",
@@ -60,15 +51,15 @@ def side_counts(pans: pd.DataFrame, by: tuple[str, ...] = ("model", "weights")) 
     return pd.DataFrame(rows, columns=[*by, "side", "pans"])
 
 
-def pad_kernel_index(site, side: str) -> list[int]:
+def pad_kernel_index(site: ConvSite, side: str) -> list[int]:
     """Kernel rows (T/B) or columns (L/R) that read padding at the outermost band position
-    of ``side`` for ``site`` (a padding.ConvSite): empty when that band is empty."""
+    of ``side`` for ``site``: empty when that band is empty."""
     (kh, kw), (sh, sw), (dh, dw) = site.kernel, site.stride, site.dilation
     t, b, l, r = site.pads
-    bands = dict(zip("TBLR", site.band_widths()))
+    bands = dict(zip(SIDES, site.band_widths()))
     if bands[side] == 0:
         return []
-    if side in "TB":
+    if side in VERTICAL:
         k, s, d, before, size, out = kh, sh, dh, t, site.in_hw[0], site.out_hw[0]
     else:
         k, s, d, before, size, out = kw, sw, dw, l, site.in_hw[1], site.out_hw[1]
@@ -86,7 +77,7 @@ def kernel_padding_mass(weight: torch.Tensor | np.ndarray, index: list[int], sid
     total = w.sum(axis=(1, 2, 3))
     if not index:
         return np.full(w.shape[0], np.nan)
-    part = w[:, :, index, :] if side in "TB" else w[:, :, :, index]
+    part = w[:, :, index, :] if side in VERTICAL else w[:, :, :, index]
     with np.errstate(invalid="ignore", divide="ignore"):
         return part.sum(axis=(1, 2, 3)) / total
 
@@ -95,19 +86,17 @@ def kernel_mass_table(model, layer: str, size: int, pans: pd.DataFrame) -> pd.Da
     """One row per (channel, applicable side) of ``layer``: weight mass on the pad rows,
     whether the channel is a PAN and whether it detects that side; ``uniform`` is the mass
     an evenly spread kernel would put there."""
-    from .padding import discover
-
     site = next(s for s in discover(model, size) if s.name == layer)
     w = site.module.weight
     mine = pans[pans["layer"] == layer]
     sides_of = dict(zip(mine["channel"].astype(int), mine["sides"].fillna("")))
     rows = []
-    for side in SIDE_COLUMNS:
+    for side in SIDES:
         idx = pad_kernel_index(site, side)
         if not idx:
             continue
         mass = kernel_padding_mass(w, idx, side)
-        k = site.kernel[0] if side in "TB" else site.kernel[1]
+        k = site.kernel[0] if side in VERTICAL else site.kernel[1]
         for c in range(w.shape[0]):
             rows.append({"layer": layer, "channel": c, "side": side,
                          "pad_index": ",".join(map(str, idx)), "uniform": len(idx) / k,
@@ -139,15 +128,13 @@ def first_pan_layer(pans: pd.DataFrame, min_pans: int = 1) -> str | None:
 def uneven_layers(model, sizes: tuple[int, ...], model_name: str = "") -> pd.DataFrame:
     """Per candidate conv and input size: stride, pads and band widths per side; a side with
     an empty band cannot be seen by that layer (the stride-2 'uneven padding')."""
-    from .padding import padded_convs
-
     frames = []
     for size in sizes:
         df = padded_convs(model, size)
         frames.append(df.assign(model=model_name, size=size))
     df = pd.concat(frames, ignore_index=True)
     cols = ["model", "size", "layer", "order", "kernel_h", "stride_h", "in_h", "pad_top",
-            "pad_bottom", "pad_left", "pad_right", *SIDE_COLUMNS.values()]
+            "pad_bottom", "pad_left", "pad_right", *(side_column("band", k) for k in SIDES)]
     return df[cols]
 
 
@@ -155,16 +142,13 @@ def uneven_layers(model, sizes: tuple[int, ...], model_name: str = "") -> pd.Dat
 # (these load the model again: kernels, scans at another size, example maps)
 
 
-def first_layer_kernels(model_name: str, settings, pans: pd.DataFrame, n: int = 4
+def first_layer_kernels(model_name: str, settings: Settings, pans: pd.DataFrame, n: int = 4
                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(kernel_mass, kernels) for the first padded layer with PANs of the pre-trained model.
 
     kernel_mass: every channel × applicable side of that layer (see kernel_mass_table);
     kernels: the ``n`` strongest PANs and the first ``n`` non-PAN channels of the layer.
     """
-    from .identification import input_size
-    from .models import load_model
-
     mine = pans[(pans["model"] == model_name) & (pans["weights"] == "pretrained")]
     layer = first_pan_layer(mine)
     if layer is None:
@@ -188,43 +172,35 @@ def first_layer_kernels(model_name: str, settings, pans: pd.DataFrame, n: int = 
     return mass[["model", *[c for c in mass.columns if c != "model"]]], kernels
 
 
-def uneven_padding(model_name: str, settings, pans: pd.DataFrame, *, progress: bool = True
+def uneven_padding(model_name: str, settings: Settings, pans: pd.DataFrame, *, progress: bool = True
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(layers, side_pans) at input sizes S and S+1 for the pre-trained model.
 
     layers: band widths per side of every candidate conv at both sizes; side_pans: PANs
     per detected side at both sizes (S from ``pans``, S+1 scanned here on the same crops).
     """
-    from .identification import input_size, probe_images
-    from .models import load_model
-    from .scan import find_pans
-
     loaded = load_model(model_name)
     size = input_size(loaded, settings)
     layers = uneven_layers(loaded.model, (size, size + 1), model_name)
     at_s = pans[(pans["model"] == model_name) & (pans["weights"] == "pretrained")]
-    loaded.model.to(settings.get("device") or "cpu")
+    loaded.model.to(settings.device)
     at_s1 = find_pans(loaded.model, probe_images(loaded, settings, size + 1),
-                      settings["tau"], settings["consistency"],
-                      batch_size=settings["batch_size"], device=settings.get("device"),
+                      settings.tau, settings.consistency,
+                      batch_size=settings.batch_size, device=settings.device,
                       progress=progress)
     frames = []
     for s, p in ((size, at_s), (size + 1, at_s1)):
         p = p.assign(model=model_name, size=s)
         sc = side_counts(p, by=("model", "size")) if len(p) else pd.DataFrame(
-            {"model": model_name, "size": s, "side": [*SIDE_COLUMNS, "corner only"],
+            {"model": model_name, "size": s, "side": [*SIDES, "corner only"],
              "pans": 0})
         frames.append(sc.assign(total_pans=len(p)))
     return layers, pd.concat(frames, ignore_index=True)
 
 
-def type_examples(model_name: str, settings, pans: pd.DataFrame) -> pd.DataFrame:
+def type_examples(model_name: str, settings: Settings, pans: pd.DataFrame) -> pd.DataFrame:
     """Mean activation maps (BatchNorm sign folded in) of the strongest pre-trained PAN of
     each type, as a long table (model, type, layer, channel, sides, score, row, col, value)."""
-    from .identification import (MAP_IMAGES, bn_signs, input_size, maps_table, probe_images,
-                                 record_maps)
-    from .models import load_model
-
     mine = pans[(pans["model"] == model_name) & (pans["weights"] == "pretrained")]
     if mine.empty:
         return pd.DataFrame()
@@ -233,13 +209,13 @@ def type_examples(model_name: str, settings, pans: pd.DataFrame) -> pd.DataFrame
     best = best.sort_values("order_t")
     loaded = load_model(model_name)
     size = input_size(loaded, settings)
-    loaded.model.to(settings.get("device") or "cpu")
+    loaded.model.to(settings.device)
     signs = bn_signs(loaded.model, size)
     layers: dict[str, list[int]] = {}
     for lay, c in zip(best["layer"], best["channel"].astype(int)):
         layers.setdefault(lay, []).append(c)
     maps = record_maps(loaded.model, layers, probe_images(loaded, settings, size, n=MAP_IMAGES),
-                       batch_size=settings["batch_size"],
+                       batch_size=settings.batch_size,
                        signs={k: signs[k][v] for k, v in layers.items()})
     frames = []
     for lay, chans in layers.items():

@@ -115,13 +115,13 @@ def _timm(name: str, pretrained: bool) -> LoadedModel:
     return LoadedModel(model.eval(), prep)
 
 
-def _torchvision_names() -> list[str]:
+def torchvision_names() -> list[str]:
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def _timm_names() -> list[str]:
+def timm_names() -> list[str]:
     import timm
 
     return sorted(timm.list_models())
@@ -129,11 +129,11 @@ def _timm_names() -> list[str]:
 
 def list_models() -> dict[str, list[str]]:
     """Names load_model understands, by source."""
-    return {"offline": list(OFFLINE_MODELS), "torchvision": _torchvision_names(),
-            "timm": _timm_names()}
+    return {"offline": list(OFFLINE_MODELS), "torchvision": torchvision_names(),
+            "timm": timm_names()}
 
 
-def _resolve(name: str) -> tuple[str, str]:
+def resolve_source(name: str) -> tuple[str, str]:
     """(source, bare name). Prefixes 'tv:'/'torchvision:' and 'timm:' force a source."""
     for prefix, source in (("torchvision:", "torchvision"), ("tv:", "torchvision"),
                            ("timm:", "timm"), ("timm/", "timm")):
@@ -141,13 +141,13 @@ def _resolve(name: str) -> tuple[str, str]:
             return source, name[len(prefix):]
     if name in OFFLINE_MODELS:
         return "offline", name
-    if name in _torchvision_names():
+    if name in torchvision_names():
         return "torchvision", name
     import timm
 
     if timm.is_model(name) or (("." in name) and timm.is_model(name.split(".")[0])):
         return "timm", name
-    names = list(dict.fromkeys(list(OFFLINE_MODELS) + _torchvision_names() + _timm_names()))
+    names = list(dict.fromkeys(list(OFFLINE_MODELS) + torchvision_names() + timm_names()))
     close = difflib.get_close_matches(name, names, n=6, cutoff=0.6)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     raise ModelError(f"unknown model {name!r}{hint} (python -m pan_utils models lists all)")
@@ -161,7 +161,7 @@ def load_model(name: str, pretrained: bool = True, weights: str | os.PathLike | 
     Pre-trained torchvision/timm weights other than the offline ones download through
     their libraries' usual path and need internet.
     """
-    source, bare = _resolve(name)
+    source, bare = resolve_source(name)
     load_pretrained = pretrained and weights is None
     if source == "offline" and bare == "efficientnet_lite0":
         loaded = _efficientnet_lite0(load_pretrained)

@@ -1,0 +1,155 @@
+"""Chapter 4: the same small CNN trained from scratch under each padding policy, tested,
+and scanned with the engine and rule of chapter 1 (docs/METHOD.md §8)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..engine.maps import record_maps
+from ..engine.padding import discover
+from ..engine.progress import progress_bar
+from ..engine.rule import decide_pans
+from ..engine.scan import ScanError, find_pans
+from .identification import maps_table
+from .nets import POLICIES, build_model, n_parameters
+from .tasks import TaskData
+from .training import evaluate, train_model
+
+
+def candidate_channels(model: nn.Module, image_size: int) -> int:
+    """Output channels of convolutions that read padding at ``image_size`` (docs/METHOD.md §2)."""
+    return sum(s.module.out_channels for s in discover(model, image_size) if s.is_candidate)
+
+
+def top_border_channels(scores: pd.DataFrame, *, consistency: float = 0.95, n: int = 6
+                        ) -> pd.DataFrame:
+    """The ``n`` channels with the largest consistent border contrast |d| (any side), in
+    the PAN table's format: what the rule looked at when nothing passed tau."""
+    nat = scores[(scores["mode"] == "native") & scores["applicable"]
+                 & (scores["consistency"] >= consistency)].copy()
+    if nat.empty:
+        return pd.DataFrame(columns=["layer", "channel", "sides", "polarity", "score"])
+    nat["score"] = nat["d"].abs()
+    best = nat.sort_values("score", ascending=False).drop_duplicates(["layer", "channel"])
+    best = best.head(n)
+    return pd.DataFrame({"layer": best["layer"].to_numpy(),
+                         "channel": best["channel"].astype(int).to_numpy(),
+                         "sides": best["side"].to_numpy(),
+                         "polarity": np.where(best["d"] > 0, "+", "-"),
+                         "score": best["score"].to_numpy()})
+
+
+def scan_trained(model: nn.Module, images: torch.Tensor, *, tau: float = 3.0,
+                 consistency: float = 0.95, batch_size: int = 128, progress: bool = False
+                 ) -> tuple[pd.DataFrame, dict]:
+    """PANs of a trained net with notebook 01's rule (circular null included).
+
+    Returns (pans, counts): counts has pans, candidates, pan_fraction (0 when there are
+    no candidates), pans_without_null (the rule without the null: for a circular net the
+    null *is* the model, so this is the only count that can be non-zero), pans_half_tau
+    (the rule at tau/2, a sensitivity check) and max_abs_d (the largest consistent border
+    contrast of any candidate channel; 0 without candidates). When no channel is a PAN,
+    the returned table holds the top border-contrast channels instead, with ``is_pan``
+    False, so their maps can still be shown."""
+    size = int(images.shape[-1])
+    n_cand = candidate_channels(model, size)
+    none = {"pans": 0, "candidates": 0, "pan_fraction": 0.0, "pans_without_null": 0,
+            "pans_half_tau": 0, "max_abs_d": 0.0}
+    empty = pd.DataFrame(columns=["layer", "channel", "sides", "polarity", "score", "is_pan"])
+    if n_cand == 0:
+        return empty, none
+    try:
+        pans, scores = find_pans(model, images, tau=tau, consistency=consistency,
+                                 batch_size=batch_size, progress=progress, return_scores=True)
+    except ScanError:
+        return empty, none
+    raw = decide_pans(scores, tau=tau, consistency=consistency, null_mode=None)
+    half = decide_pans(scores, tau=tau / 2, consistency=consistency)
+    top = top_border_channels(scores, consistency=consistency)
+    counts = {"pans": len(pans), "candidates": n_cand, "pan_fraction": len(pans) / n_cand,
+              "pans_without_null": len(raw), "pans_half_tau": len(half),
+              "max_abs_d": float(top["score"].max()) if len(top) else 0.0}
+    table = pans.assign(is_pan=True) if len(pans) else top.assign(is_pan=False)
+    return table, counts
+
+
+def run_one(data: TaskData, policy: str, seed: int, *, width: int = 16, depth: int = 1,
+            epochs: int = 4, batch_size: int = 128, lr: float = 3e-3, n_scan: int = 256,
+            tau: float = 3.0, consistency: float = 0.95, device: str = "cpu",
+            max_steps: int | None = None, progress: bool = True
+            ) -> tuple[dict, nn.Module, pd.DataFrame]:
+    """Train one (task, policy, seed), test it, scan it: (row, model, pans)."""
+    model = build_model(policy, len(data.classes), width=width, depth=depth,
+                        image_size=data.image_size, seed=seed)
+    fit = train_model(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                      device=device, max_steps=max_steps, progress=progress,
+                      desc=f"{data.name}/{policy}/s{seed}")
+    acc = evaluate(model, data, device=device)
+    scan_x = data.x_test[:n_scan].to(device)
+    pans, counts = scan_trained(model, scan_x, tau=tau, consistency=consistency)
+    row = {"task": data.name, "policy": policy, "seed": seed, "test_accuracy": acc,
+           "chance": data.chance, **counts, "train_seconds": fit["train_seconds"],
+           "epochs": epochs, "steps": fit["steps"], "n_train": data.n_train,
+           "n_test": data.n_test, "n_scan": int(scan_x.shape[0]),
+           "image_size": data.image_size, "width": width, "depth": depth,
+           "parameters": n_parameters(model), "final_loss": fit["final_loss"]}
+    return row, model, pans
+
+
+def run_comparison(tasks: Sequence[TaskData], policies: Sequence[str] = POLICIES,
+                   seeds: Sequence[int] = (0, 1, 2), *, keep: tuple[str, int] = ("zeros", 0),
+                   progress: bool = True, **kw) -> tuple[pd.DataFrame, dict, dict]:
+    """Every task × policy × seed. Returns (table, kept models, their PANs), keeping the
+    models of policy/seed ``keep`` per task (for the activation-map figure)."""
+    rows, models, pans_kept = [], {}, {}
+    jobs = [(t, p, s) for t in tasks for p in policies for s in seeds]
+    for data, policy, seed in progress_bar(jobs, desc="trainings", enabled=progress):
+        row, model, pans = run_one(data, policy, seed, progress=False, **kw)
+        rows.append(row)
+        if (policy, seed) == tuple(keep):
+            models[data.name], pans_kept[data.name] = model, pans
+    return pd.DataFrame(rows), models, pans_kept
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seeds per task × policy (std 0 with one seed)."""
+    g = table.groupby(["task", "policy"], sort=False)
+    out = g.agg(seeds=("seed", "nunique"), accuracy_mean=("test_accuracy", "mean"),
+                accuracy_std=("test_accuracy", "std"), chance=("chance", "first"),
+                pans_mean=("pans", "mean"), candidates=("candidates", "first"),
+                pan_fraction_mean=("pan_fraction", "mean"),
+                pan_fraction_std=("pan_fraction", "std"),
+                pans_without_null_mean=("pans_without_null", "mean"),
+                pans_half_tau_mean=("pans_half_tau", "mean"),
+                max_abs_d_mean=("max_abs_d", "mean"),
+                train_seconds_mean=("train_seconds", "mean")).reset_index()
+    return out.fillna({"accuracy_std": 0.0, "pan_fraction_std": 0.0})
+
+
+def pan_mean_maps(model: nn.Module, images: torch.Tensor, pans: pd.DataFrame, *,
+                  n: int = 6, batch_size: int = 128) -> pd.DataFrame:
+    """Mean activation map over ``images`` of the ``n`` highest-scoring PANs (conv
+    output, BatchNorm sign folded in as in the scan), one row per (pan, y, x)."""
+    cols = ["pan", "layer", "channel", "sides", "score", "is_pan", "y", "x", "activation"]
+    if pans is None or len(pans) == 0:
+        return pd.DataFrame(columns=cols)
+    top = pans.sort_values("score", ascending=False).head(n).reset_index(drop=True)
+    top = top.assign(pan=top.index, channel=top["channel"].astype(int),
+                     is_pan=top["is_pan"].astype(bool) if "is_pan" in top else True)
+    sites = {s.name: s for s in discover(model, int(images.shape[-1]))}
+    layers = {layer: g["channel"].tolist() for layer, g in top.groupby("layer", sort=False)}
+    signs = {layer: [float(sites[layer].bn_sign[c]) if sites[layer].bn_sign is not None
+                     else 1.0 for c in chans] for layer, chans in layers.items()}
+    maps = record_maps(model, layers, images, batch_size=batch_size, signs=signs)
+    frames = [maps_table(maps[layer][[chans.index(c) for c in g["channel"]]].cpu(),
+                         g[["pan", "layer", "channel", "sides", "score", "is_pan"]])
+              for layer, g in top.groupby("layer", sort=False)
+              for chans in [layers[layer]]]
+    out = pd.concat(frames, ignore_index=True).rename(
+        columns={"row": "y", "col": "x", "value": "activation"})
+    return out.sort_values(["pan", "y", "x"], ignore_index=True)[cols]

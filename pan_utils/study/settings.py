@@ -1,0 +1,120 @@
+"""The study's settings: one typed object, declared once per profile (docs/METHOD.md §9).
+
+A notebook's ``parameters`` cell holds literals only (papermill overrides them);
+``from_parameters(globals())`` turns them into a ``Settings`` where every parameter left
+at None takes the profile's value, so each name is written once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a chapter needs to know; the defaults are the rule's (docs/METHOD.md §4).
+
+    Example:
+        >>> S = settings("smoke", n_images=8)
+        >>> S.tau, S.n_images
+        (3.0, 8)
+    """
+
+    profile: str
+    models: tuple[str, ...]
+    n_images: int  # scan probes per model
+    n_eval: int  # evaluation images of the ablation chapter (disjoint from the scan set)
+    batch_size: int
+    n_random_draws: int  # random-control draws of the ablation chapter
+    train_seeds: tuple[int, ...]
+    train_epochs: int
+    train_patches: int
+    train_width: int
+    train_depth: int
+    train_test_patches: int
+    train_scan_images: int
+    image_size: int | None = None  # None: each model's own input size
+    data_dir: str | None = None  # an image folder instead of the bundled photos
+    device: str = "cpu"  # cpu, cuda or auto
+    tau: float = 3.0
+    consistency: float = 0.95
+    seed: int = 0
+    n_placement: int = 64  # evaluation images placed at the centre / in a corner
+    placement_scale: float = 0.5
+
+    def replace(self, **overrides: Any) -> Settings:
+        """A copy with every non-None override applied; unknown names are an error."""
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        given = {k: _frozen(v) for k, v in overrides.items() if v is not None}
+        out = dataclasses.replace(self, **given)
+        if out.device == "auto":
+            import torch
+
+            out = dataclasses.replace(out, device="cuda" if torch.cuda.is_available()
+                                      else "cpu")
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _frozen(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+_TRAIN_SMALL = dict(train_seeds=(0,), train_epochs=1, train_patches=64, train_width=4,
+                    train_depth=1, train_test_patches=32, train_scan_images=32)
+
+PROFILES: dict[str, Settings] = {
+    # seconds per notebook, for the tests; below ~128 px the deepest maps have almost
+    # no interior
+    "smoke": Settings("smoke", ("mobilenet_v2",), n_images=16, n_eval=16, batch_size=16,
+                      n_random_draws=2, image_size=128, **_TRAIN_SMALL),
+    # the offline study committed in results/
+    "default": Settings("default", ("mobilenet_v2", "efficientnet_lite0"), n_images=256,
+                        n_eval=256, batch_size=32, n_random_draws=5,
+                        train_seeds=(0, 1, 2), train_epochs=3, train_patches=1536,
+                        train_width=16, train_depth=1, train_test_patches=384,
+                        train_scan_images=256),
+    # timm/torchvision ImageNet models on an ImageNet validation folder (DATA_DIR=...)
+    "paper": Settings("paper", (
+        "resnet50.tv_in1k", "resnet50.tv2_in1k", "resnet50.a1_in1k",
+        "mobilenetv3_large_100.ra_in1k", "efficientnet_b0.ra_in1k", "convnext_tiny.fb_in1k",
+        "vgg16_bn.tv_in1k", "densenet121.tv_in1k", "regnety_016.tv2_in1k", "mobilenet_v2",
+        "efficientnet_lite0"), n_images=1024, n_eval=5000, batch_size=64,
+        n_random_draws=10, train_seeds=(0, 1, 2, 3, 4), train_epochs=30, train_patches=8192,
+        train_width=32, train_depth=2, train_test_patches=2048, train_scan_images=512,
+        device="auto"),
+}
+
+
+def settings(profile: str = "default", **overrides: Any) -> Settings:
+    """The profile's settings with every non-None override applied.
+
+    Args:
+        profile: ``smoke``, ``default`` or ``paper``.
+        **overrides: any ``Settings`` field; None keeps the profile's value.
+
+    Returns:
+        A frozen ``Settings`` (device ``auto`` resolved to cuda or cpu).
+
+    Example:
+        >>> settings("default", models=["mobilenet_v2"]).models
+        ('mobilenet_v2',)
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[profile].replace(**overrides)
+
+
+def from_parameters(namespace: Mapping[str, Any]) -> Settings:
+    """The settings of a notebook run: ``profile`` and every ``Settings`` field found in
+    ``namespace`` (a notebook's ``globals()`` after its parameters cell); other names
+    are ignored."""
+    names = {f.name for f in dataclasses.fields(Settings)} - {"profile"}
+    return settings(namespace.get("profile", "default"),
+                    **{k: v for k, v in namespace.items() if k in names})
