@@ -1,17 +1,18 @@
 """Figures of the study, each drawn from a written table (seaborn); a flat module of
-functions that take a table and return a matplotlib Figure."""
+functions that take a table and return a matplotlib Figure.
+
+No backend is chosen here: Jupyter's inline backend shows the figures in the notebooks
+(``results.show_figure``), and without a display matplotlib falls back to Agg.
+"""
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")  # noqa: E402  (notebooks display the returned figures themselves)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from ..engine.types import TYPE_ORDER  # noqa: E402
+from ..engine.types import TYPE_ORDER
 
 sns.set_theme(style="whitegrid", context="notebook")
 

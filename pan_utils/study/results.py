@@ -33,3 +33,51 @@ def save_figure(fig, out_dir: str | Path, name: str) -> Path:
     return atomic_write(Path(out_dir) / "figures" / f"{name}.png",
                         lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight",
                                                 metadata={"Software": None}))
+
+
+def show_figure(fig, out_dir: str | Path, name: str) -> None:
+    """Save ``fig`` as ``out_dir/figures/name.png`` and show it once, inline, where the
+    notebook discusses it (in a terminal, with no display, only the file is written).
+
+    The figure is closed after it is shown, so Jupyter's inline backend does not show it
+    a second time at the end of the cell; returns None, so a cell ending with this call
+    prints nothing else.
+    """
+    import matplotlib.pyplot as plt
+
+    save_figure(fig, out_dir, name)
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # pragma: no cover - IPython ships with the notebook stack
+        get_ipython = None
+    if get_ipython is not None and get_ipython() is not None:
+        display(fig)
+    plt.close(fig)
+
+
+def record_claims(out_dir: str | Path, chapter: str, claims: dict) -> Path:
+    """Merge ``claims`` (name -> number, string or list) under ``chapter`` into
+    ``out_dir/claims.json``, atomically: the key numbers each notebook prints, kept
+    machine-readable so the tests and the README can be checked against them."""
+    import json
+
+    path = Path(out_dir) / "claims.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[chapter] = json.loads(json.dumps(claims, default=_plain))
+    text = json.dumps(dict(sorted(data.items())), indent=2, sort_keys=True) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_claims(out_dir: str | Path) -> dict:
+    """``out_dir/claims.json`` as a dict ({} when no notebook has recorded any)."""
+    import json
+
+    path = Path(out_dir) / "claims.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _plain(v):
+    """numpy scalars and arrays as plain JSON values."""
+    return v.item() if hasattr(v, "item") and getattr(v, "ndim", 1) == 0 else (
+        v.tolist() if hasattr(v, "tolist") else str(v))
