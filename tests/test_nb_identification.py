@@ -106,3 +106,28 @@ def test_uneven_padding_stride_two_blind_at_even_size(tables):
     up = tables["uneven_padding_pans"]
     assert set(up["side"]) >= {"T", "B", "L", "R"}
     assert up["size"].nunique() == 2
+
+
+def test_claims_of_chapters_1_and_2_equal_their_tables(tables, smoke_results):
+    from pan_utils.study.results import read_claims
+
+    claims = read_claims(smoke_results)
+    counts = tables["pan_counts"].set_index(["model", "weights"])
+    ch1 = claims["01_identification"]
+    assert set(ch1) == set(tables["pan_counts"]["model"])
+    for model, c in ch1.items():
+        pre, rnd = counts.loc[(model, "pretrained")], counts.loc[(model, "random-init")]
+        assert c["pans"] == pre["pans"] and c["random_init_pans"] == rnd["pans"]
+        assert c["candidate_channels"] == pre["candidate_channels"]
+        assert c["pan_fraction"] == pytest.approx(c["pans"] / c["candidate_channels"], rel=1e-5)
+        assert 0 <= c["pan_fraction"] <= 1
+        assert c["circular_null_pans"] == pre["circular_null_pans"]
+    tax = tables["taxonomy"]
+    for model, c in claims["02_taxonomy"].items():
+        mine = tax[(tax["model"] == model) & (tax["weights"] == "pretrained")]
+        assert sum(c["types"].values()) == ch1[model]["pans"] == mine["pans"].sum()
+        assert sum(c["polarity"].values()) == ch1[model]["pans"]
+        assert c["types"] == {k: int(v) for k, v in mine.groupby("type")["pans"].sum().items()}
+        sizes = sorted(int(s) for s in c["pans_by_size"])
+        assert len(sizes) == 2 and sizes[1] == sizes[0] + 1
+        assert c["pans_by_size"][str(sizes[0])] == ch1[model]["pans"]

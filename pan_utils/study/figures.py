@@ -14,125 +14,224 @@ import seaborn as sns
 
 from ..engine.types import TYPE_ORDER
 
-sns.set_theme(style="whitegrid", context="notebook")
+sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
+PALETTE = sns.color_palette("colorblind")
 
 
-def sensitivity_curve(sens: pd.DataFrame, tau: float | None = None) -> plt.Figure:
-    """PAN count vs tau per condition (pre-trained, random-init, circular null), per model."""
-    g = sns.relplot(data=sens, x="tau", y="pans", hue="condition", style="weights",
-                    col="model", kind="line", markers=True, height=3.2, aspect=1.2,
-                    facet_kws={"sharey": False})
+def _model_order(df: pd.DataFrame, models=None) -> list[str]:
+    """The models in the order given (the profile's), else in order of appearance."""
+    present = list(dict.fromkeys(df["model"]))
+    return [m for m in models if m in present] if models else present
+
+
+def _tau_line(ax, tau: float | None, vertical: bool = True) -> None:
+    if tau is None:
+        return
+    line = ax.axvline if vertical else ax.axhline
+    line(tau, color="0.3", ls="--", lw=1)
+    ax.annotate(f"tau = {tau:g}", xy=(tau, 1), xycoords=("data", "axes fraction"),
+                xytext=(3, -12), textcoords="offset points", fontsize=8, color="0.3")
+
+
+# --------------------------------------------------------------------------- 01 identification
+
+
+def sensitivity_curve(sens: pd.DataFrame, tau: float | None = None, models=None
+                      ) -> plt.Figure:
+    """PAN count vs tau, one line per condition (pre-trained, random-init, and the
+    circular null of each), one panel per model; the zero line is drawn."""
+    df = sens.assign(series=np.where(sens["condition"] == "circular null",
+                                     "circular null (" + sens["weights"] + ")",
+                                     sens["condition"]))
+    order = [s for s in ("pretrained", "random-init", "circular null (pretrained)",
+                         "circular null (random-init)") if s in set(df["series"])]
+    g = sns.relplot(data=df, x="tau", y="pans", hue="series", hue_order=order,
+                    style="series", style_order=order, col="model",
+                    col_order=_model_order(df, models), kind="line", markers=True,
+                    dashes=False, height=3.2, aspect=1.2, facet_kws={"sharey": False})
     for ax in g.axes.flat:
         ax.set_yscale("symlog", linthresh=1)
-        ax.set_ylim(bottom=0)
-        if tau is not None:
-            ax.axvline(tau, color="grey", ls="--", lw=1)
-    g.set_axis_labels("tau (|d| threshold)", "PANs")
+        ax.set_ylim(bottom=-0.4)
+        ax.axhline(0, color="0.2", lw=0.8)
+        _tau_line(ax, tau)
+    g.set_titles("{col_name}")
+    g.set_axis_labels("tau (|d| threshold)", "PANs (symlog scale)")
+    g.legend.set_title("")
     return g.figure
 
 
-def pans_per_layer(layers: pd.DataFrame) -> plt.Figure:
-    """PANs per candidate layer against relative depth, pre-trained vs random-init."""
-    g = sns.relplot(data=layers, x="depth", y="pans", hue="weights", col="model",
-                    kind="line", marker="o", height=3.2, aspect=1.3)
-    g.set_axis_labels("relative depth (candidate layer order)", "PANs in layer")
+def pans_per_layer(layers: pd.DataFrame, models=None) -> plt.Figure:
+    """Fraction of each candidate layer's channels that are PANs, against relative depth."""
+    df = layers.assign(fraction=layers["pans"] / layers["candidate_channels"])
+    g = sns.relplot(data=df, x="depth", y="fraction", hue="weights", col="model",
+                    col_order=_model_order(df, models), kind="line", marker="o",
+                    height=3.2, aspect=1.3)
+    g.set_titles("{col_name}")
+    g.set_axis_labels("relative depth (0: first padded conv)",
+                      "PANs / channels of the layer")
     return g.figure
 
 
-def d_distribution(channel_scores: pd.DataFrame, tau: float | None = None) -> plt.Figure:
+def d_distribution(channel_scores: pd.DataFrame, tau: float | None = None, models=None
+                   ) -> plt.Figure:
     """Complementary ECDF of each channel's max |d| over sides, per condition and model."""
     df = channel_scores[np.isfinite(channel_scores["max_abs_d"])]
     if "weights" in df.columns:  # the null of the pre-trained weights only
         df = df[(df["condition"] != "circular null") | (df["weights"] == "pretrained")]
-    g = sns.displot(data=df, x="max_abs_d", hue="condition", col="model", kind="ecdf",
-                    complementary=True, log_scale=(True, True), height=3.2, aspect=1.2)
+    g = sns.displot(data=df, x="max_abs_d", hue="condition", col="model",
+                    col_order=_model_order(df, models), kind="ecdf", complementary=True,
+                    log_scale=(True, True), height=3.2, aspect=1.2)
     for ax in g.axes.flat:
-        if tau is not None:
-            ax.axvline(tau, color="grey", ls="--", lw=1)
-    g.set_axis_labels("max |d| over sides", "fraction of channels ≥ x")
+        _tau_line(ax, tau)
+    g.set_titles("{col_name}")
+    g.set_axis_labels("max |d| over sides and corners", "fraction of channels ≥ x")
     return g.figure
 
 
+def _label(meta: dict, title: str) -> str:
+    """A panel title; a PAN with no significant side is labelled by its corners."""
+    text = title.format(**meta)
+    if meta.get("kind", "PAN") == "PAN" and not str(meta.get("sides", "") or ""):
+        corners = str(meta.get("corners", "") or "")
+        text = text.rstrip() + (f" corners {corners}" if corners else " corners")
+    return text
+
+
 def map_grid(maps: pd.DataFrame, title: str = "{kind} c{channel} {sides}",
-             row: str = "model", centre: bool = True) -> plt.Figure:
-    """Mean activation maps from a long table (…, channel, row, col, value): one image per
-    map, one figure row per value of ``row``; each map on its own colour scale, symmetric
-    around its median (``centre``, for activation maps) or around 0 (kernels)."""
+             row: str = "model", centre: bool = True, what: str = "mean activation"
+             ) -> plt.Figure:
+    """Maps from a long table (…, channel, row, col, value): one image per map, one figure
+    row per value of ``row``, all maps of a row on one colour scale with its colorbar
+    (so a weak channel looks weak beside a strong one). Activation maps are centred on
+    their median (``centre``); kernels are shown around 0."""
     key_cols = [c for c in maps.columns if c not in ("row", "col", "value")]
-    groups = list(maps.groupby(key_cols, sort=False))
+    groups = list(maps.groupby(key_cols, sort=False, dropna=False))
     rows = list(dict.fromkeys(k[key_cols.index(row)] for k, _ in groups))
     ncol = max(sum(1 for k, _ in groups if k[key_cols.index(row)] == r) for r in rows)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.9 * ncol, 2.1 * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), ncol + 1, figsize=(1.9 * ncol + 0.6, 2.5 * len(rows)),
+                             squeeze=False, gridspec_kw={"width_ratios": [1] * ncol + [0.08]})
     for ax in axes.flat:
         ax.axis("off")
-    used = {r: 0 for r in rows}
+    images = {r: [] for r in rows}
     for key, g in groups:
         meta = dict(zip(key_cols, key))
-        r = rows.index(meta[row])
-        ax = axes[r, used[meta[row]]]
-        used[meta[row]] += 1
         img = g.pivot(index="row", columns="col", values="value").to_numpy()
-        centred = img - np.median(img) if centre else img
-        lim = np.abs(centred).max() or 1.0
-        ax.imshow(centred, cmap="RdBu_r", vmin=-lim, vmax=lim)
-        ax.set_title(title.format(**meta), fontsize=8)
-        if used[meta[row]] == 1:
-            ax.text(-0.1, 0.5, str(meta[row]), transform=ax.transAxes, rotation=90,
-                    va="center", ha="right", fontsize=8)
-    fig.tight_layout()
+        images[meta[row]].append((meta, img - np.median(img) if centre else img))
+    for r_i, r in enumerate(rows):
+        lim = max(float(np.abs(img).max()) for _, img in images[r]) or 1.0
+        for c_i, (meta, img) in enumerate(images[r]):
+            ax = axes[r_i, c_i]
+            im = ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set_title(_label(meta, title), fontsize=7.5)
+        h, w = images[r][0][1].shape
+        axes[r_i, 0].text(-0.12, 0.5, f"{r}\n{h}×{w}", transform=axes[r_i, 0].transAxes,
+                          rotation=90, va="center", ha="right", fontsize=8)
+        cax = axes[r_i, -1]
+        cax.axis("on")
+        fig.colorbar(im, cax=cax).set_label(what + (" − median" if centre else ""), fontsize=7)
+    fig.tight_layout(h_pad=1.6)
     return fig
 
 
-def type_bars(taxonomy: pd.DataFrame) -> plt.Figure:
-    """PANs per type and polarity, per model (columns) and weights (rows)."""
+# --------------------------------------------------------------------------- 02 taxonomy
+
+
+def type_bars(taxonomy: pd.DataFrame, models=None) -> plt.Figure:
+    """PANs per type and polarity, per model (columns) and weights (rows), on one scale."""
     order = [t for t in TYPE_ORDER if t in set(taxonomy["type"])]
     g = sns.catplot(data=taxonomy, x="pans", y="type", hue="polarity", col="model",
-                    row="weights", kind="bar", order=order, hue_order=["+", "-", "mixed"],
-                    height=2.8, aspect=1.4, sharex=False, errorbar=None)
+                    col_order=_model_order(taxonomy, models), row="weights",
+                    row_order=[w for w in ("pretrained", "random-init")
+                               if w in set(taxonomy["weights"])],
+                    kind="bar", order=order, hue_order=["+", "-", "mixed"],
+                    height=2.8, aspect=1.5, sharex=True, errorbar=None)
+    g.set_titles("{col_name} · {row_name}")
     g.set_axis_labels("PANs", "")
     return g.figure
 
 
 def kernel_grid(kernels: pd.DataFrame, title: str = "{kind} c{channel}") -> plt.Figure:
     """Kernels (summed over input channels) from a long table (…, row, col, weight)."""
-    return map_grid(kernels.rename(columns={"weight": "value"}), title=title, centre=False)
+    return map_grid(kernels.rename(columns={"weight": "value"}), title=title, centre=False,
+                    what="weight summed over input channels")
 
 
-def kernel_mass(mass: pd.DataFrame) -> plt.Figure:
-    """Weight mass on the pad rows/columns: channels detecting that side vs the others."""
-    df = mass.assign(group=np.where(mass["detects_side"], "PAN, detects side",
-                                    np.where(mass["pan"], "PAN, other side", "non-PAN")))
-    g = sns.catplot(data=df, x="side", y="mass", hue="group", col="model", kind="box",
-                    hue_order=["non-PAN", "PAN, other side", "PAN, detects side"],
-                    height=3.2, aspect=1.2, fliersize=2)
-    for ax, (_, sub) in zip(g.axes.flat, df.groupby("model", sort=False)):
-        ax.axhline(float(sub["uniform"].iloc[0]), color="grey", ls="--", lw=1)
-    g.set_axis_labels("side", "fraction of |w| on pad rows")
+GROUPS = ("non-PAN", "PAN, other side", "PAN, detects side")
+
+
+def kernel_mass(mass: pd.DataFrame, models=None) -> plt.Figure:
+    """Weight mass on the kernel rows (T, B) or columns (L, R) that read the pad: channels
+    detecting that side vs the others, with the number of channels under each box."""
+    df = mass.assign(group=np.where(mass["detects_side"], GROUPS[2],
+                                    np.where(mass["pan"], GROUPS[1], GROUPS[0])))
+    order = _model_order(df, models)
+    g = sns.catplot(data=df, x="side", y="mass", hue="group", col="model", col_order=order,
+                    kind="box", hue_order=list(GROUPS), order=["T", "B", "L", "R"],
+                    height=3.6, aspect=1.4, fliersize=2)
+    width = 0.8 / len(GROUPS)
+    for ax, model in zip(g.axes.flat, order):
+        sub = df[df["model"] == model]
+        ax.axhline(float(sub["uniform"].iloc[0]), color="0.3", ls="--", lw=1)
+        n = sub.groupby(["side", "group"]).size()
+        for i, side in enumerate("TBLR"):
+            for j, grp in enumerate(GROUPS):
+                k = int(n.get((side, grp), 0))
+                ax.text(i - 0.4 + width * (j + 0.5), 0.99, f"n={k}", ha="center", va="top",
+                        fontsize=6, transform=ax.get_xaxis_transform())
+        ax.set_ylim(top=max(1.05, ax.get_ylim()[1]))
+        ax.set_title(f"{model}: {sub['layer'].iloc[0]}", fontsize=9)
+    g.set_axis_labels("side of the input", "|w| fraction on pad rows (T, B) / columns (L, R)")
+    g.legend.set_title("")
     return g.figure
 
 
-def uneven_sides(side_pans: pd.DataFrame) -> plt.Figure:
+def uneven_sides(side_pans: pd.DataFrame, models=None) -> plt.Figure:
     """PANs per detected side at input size S and S+1, per model."""
-    df = side_pans.assign(size=side_pans["size"].astype(str))
-    g = sns.catplot(data=df, x="side", y="pans", hue="size", col="model", kind="bar",
-                    height=3.2, aspect=1.2, sharey=False, errorbar=None)
+    df = side_pans.assign(size=side_pans["size"].astype(str) + " px")
+    g = sns.catplot(data=df, x="side", y="pans", hue="size", col="model",
+                    col_order=_model_order(df, models), kind="bar", height=3.2, aspect=1.2,
+                    sharey=False, errorbar=None)
+    g.set_titles("{col_name}")
     g.set_axis_labels("side", "PANs detecting it")
     return g.figure
 
 
-def uneven_bands(layers: pd.DataFrame) -> plt.Figure:
-    """Which sides each stride-2 layer can see at each size: band width per side."""
-    df = layers[layers["stride_h"] > 1].melt(
-        id_vars=["model", "size", "layer", "order"],
-        value_vars=["band_top", "band_bottom", "band_left", "band_right"],
-        var_name="side", value_name="band")
-    df["side"] = df["side"].str.replace("band_", "")
-    df["layer"] = df["order"].astype(str) + " " + df["layer"]
-    g = sns.catplot(data=df, x="band", y="layer", hue="side", row="size", col="model",
-                    kind="bar", height=3.0, aspect=1.5, sharey=False, errorbar=None)
-    g.set_axis_labels("band width (output rows/cols reading the pad)", "")
-    return g.figure
+def uneven_bands(layers: pd.DataFrame, models=None) -> plt.Figure:
+    """Layer × side heatmap of band widths (output rows/columns that read the pad) of the
+    strided padded layers at each input size; 0 marks a side the layer cannot see."""
+    df = layers[layers["stride_h"] > 1]
+    order = _model_order(df, models)
+    sizes = sorted(df["size"].unique())
+    sides = [("T", "band_top"), ("B", "band_bottom"), ("L", "band_left"), ("R", "band_right")]
+    heights = [df[(df["model"] == m) & (df["size"] == sizes[0])].shape[0] for m in order]
+    fig, axes = plt.subplots(len(order), 1, figsize=(1.1 * len(sizes) * 4 + 3,
+                                                     0.32 * sum(heights) + 1.4 * len(order)),
+                             squeeze=False, gridspec_kw={"height_ratios": heights})
+    for ax, model in zip(axes[:, 0], order):
+        sub = df[df["model"] == model]
+        layer_rows = sub[sub["size"] == sizes[0]].sort_values("order")
+        cols, data = [], []
+        for size in sizes:
+            at = sub[sub["size"] == size].set_index("layer")
+            for side, col in sides:
+                cols.append(f"{side}\n{size}")
+                data.append(at.loc[layer_rows["layer"], col].to_numpy())
+        mat = np.array(data).T
+        sns.heatmap(mat, ax=ax, annot=True, fmt="d", cbar=False, cmap="Blues", vmin=-0.5,
+                    vmax=max(2, mat.max()), linewidths=0.5, linecolor="white",
+                    xticklabels=cols, yticklabels=[f"{o} {lay}" for o, lay in
+                                                   zip(layer_rows["order"], layer_rows["layer"])])
+        for (i, j), v in np.ndenumerate(mat):
+            if v == 0:
+                ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, ec="crimson", lw=1.5))
+        for k in range(1, len(sizes)):
+            ax.axvline(4 * k, color="k", lw=2)
+        ax.set_title(f"{model}: band width per side of strided padded layers at each input "
+                     "size (red: 0, the side is never read)", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    return fig
 
 
 # --------------------------------------------------------------------------- ablation (03)

@@ -149,13 +149,13 @@ def pick_examples(pans: pd.DataFrame, scores: pd.DataFrame, n_pans: int = 4,
     layer = top["layer"]
     chosen = pans[pans["layer"] == layer].nlargest(n_pans, "score")
     chosen = chosen.assign(kind="PAN", max_abs_d=chosen["score"])[
-        ["layer", "channel", "kind", "sides", "max_abs_d"]]
+        ["layer", "channel", "kind", "sides", "corners", "max_abs_d"]]
     others = scores[(scores["layer"] == layer) & ~scores["pan"]].copy()
     med = others["max_abs_d"].median()
     others = others.iloc[np.argsort(np.abs(others["max_abs_d"].to_numpy() - med),
                                     kind="stable")[:n_other]]
-    others = others.assign(kind="non-PAN", sides="")[
-        ["layer", "channel", "kind", "sides", "max_abs_d"]]
+    others = others.assign(kind="non-PAN", sides="", corners="")[
+        ["layer", "channel", "kind", "sides", "corners", "max_abs_d"]]
     return layer, pd.concat([chosen, others], ignore_index=True)
 
 
@@ -176,4 +176,4 @@ def example_maps(model_name: str, settings: Settings, pans: pd.DataFrame,
                        probe_images(loaded, settings, size, n=MAP_IMAGES),
                        batch_size=settings.batch_size, signs={layer: sign})[layer]
     return maps_table(maps.float(), chosen.assign(model=model_name)[
-        ["model", "layer", "channel", "kind", "sides", "max_abs_d"]])
+        ["model", "layer", "channel", "kind", "sides", "corners", "max_abs_d"]])
