@@ -59,6 +59,7 @@ $(WEIGHTS): $(STAMP)
 
 reproduce: $(PARAMS) setup $(NB_OUT) ## run every notebook in order into results/ (PROFILE, DATA_DIR)
 	$(PY) -c "from pan_utils.study.reproduce import write_index; print(write_index('$(RESULTS)'))"
+	@if [ "$(PROFILE)" = default ] && [ "$(RESULTS)" = results ]; then $(PY) -m pan_utils.study.readme; fi
 
 smoke: ## the whole study with the tiny smoke profile, into .cache/smoke (not results/)
 	$(MAKE) --no-print-directory reproduce PROFILE=smoke RESULTS=$(SMOKE_DIR)

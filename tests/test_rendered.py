@@ -40,3 +40,13 @@ def test_no_library_code_forces_a_backend():
 
     for py in (REPO_ROOT / "pan_utils").rglob("*.py"):
         assert "matplotlib.use(" not in py.read_text(), py
+
+
+def test_the_readme_quotes_the_committed_results():
+    from pan_utils.study.readme import block_of, findings
+    from pan_utils.study.reproduce import REPO_ROOT
+
+    block = block_of((REPO_ROOT / "README.md").read_text())
+    assert block is not None, "README.md lost its findings markers"
+    assert block == findings(REPO_ROOT / "results"), (
+        "README findings differ from results/: run `python -m pan_utils.study.readme`")
