@@ -20,7 +20,8 @@ PAN_COLUMNS = {"model", "weights", "layer", "channel", "sides", "corners", "pola
 
 @pytest.fixture(scope="module")
 def tables(smoke_results):
-    names = ("pan_counts", "pans", "pan_sensitivity", "pan_layers", "channel_scores",
+    names = ("pan_counts", "pan_counts_by_seed", "pans", "pan_sensitivity", "pan_layers",
+             "channel_scores",
              "taxonomy", "kernel_mass", "uneven_padding_layers", "uneven_padding_pans")
     return {n: read_table(smoke_results, n) for n in names}
 
@@ -32,16 +33,24 @@ def test_columns_present(tables):
         tables["pan_sensitivity"].columns)
     assert {"model", "weights", "layer", "order", "depth", "candidate_channels", "pans"} <= set(
         tables["pan_layers"].columns)
-    assert set(tables["pan_counts"]["weights"]) == {"pretrained", "random-init"}
+    assert set(tables["pan_counts"]["weights"]) == {"pretrained", "random-init",
+                                                    "random-init (uncalibrated)"}
 
 
 def test_pan_rows_match_counts(tables):
-    counts = tables["pan_counts"].set_index(["model", "weights"])["pans"]
-    rows = tables["pans"].groupby(["model", "weights"]).size()
+    keys = ["model", "weights", "init_seed"]
+    by_seed = tables["pan_counts_by_seed"]
+    by_seed = by_seed[by_seed["weights"] != "random-init (uncalibrated)"].fillna({"init_seed": -1})
+    counts = by_seed.set_index(keys)["pans"]
+    rows = tables["pans"].fillna({"init_seed": -1}).groupby(keys).size()
     for key, n in counts.items():
         assert rows.get(key, 0) == n
-    layers = tables["pan_layers"].groupby(["model", "weights"])["pans"].sum()
+    layers = tables["pan_layers"].fillna({"init_seed": -1}).groupby(keys)["pans"].sum()
     assert (layers.reindex(counts.index) == counts).all()
+    summary = tables["pan_counts"].set_index(["model", "weights"])
+    mean = tables["pan_counts_by_seed"].groupby(["model", "weights"])["pans"].mean()
+    np.testing.assert_allclose(summary.loc[mean.index, "pans"], mean)
+    assert (summary.loc[(slice(None), "random-init"), "seeds"] >= 3).all()
 
 
 def test_pans_are_significant_and_well_formed(tables):
@@ -51,7 +60,7 @@ def test_pans_are_significant_and_well_formed(tables):
     assert (pans["consistency"] >= counts["q"]).all()
     assert pans["polarity"].isin(["+", "-", "mixed"]).all()
     assert (pans["type"] == [pan_type(s, c) for s, c in zip(pans["sides"], pans["corners"])]).all()
-    assert not pans.duplicated(["model", "weights", "layer", "channel"]).any()
+    assert not pans.duplicated(["model", "weights", "init_seed", "layer", "channel"]).any()
     assert pans["depth"].between(0, 1).all()
 
 
@@ -72,20 +81,31 @@ def test_pretrained_beats_random_init(tables):
 
 
 def test_sensitivity_matches_counts_and_decreases(tables):
-    s, c = tables["pan_sensitivity"], tables["pan_counts"]
-    for r in c.itertuples():
-        at = s[(s["model"] == r.model) & (s["weights"] == r.weights) & (s["tau"] == r.tau)]
+    s = tables["pan_sensitivity"].fillna({"init_seed": -1})
+    for r in tables["pan_counts_by_seed"].fillna({"init_seed": -1}).itertuples():
+        at = s[(s["model"] == r.model) & (s["weights"] == r.weights)
+               & (s["init_seed"] == r.init_seed) & (s["tau"] == r.tau)]
         assert at.loc[at["condition"] == r.weights, "pans"].item() == r.pans
         assert at.loc[at["condition"] == "circular null", "pans"].item() == r.circular_null_pans
-    for _, g in s.groupby(["model", "weights", "condition"]):
+    for _, g in s.groupby(["model", "weights", "init_seed", "condition"]):
         assert (np.diff(g.sort_values("tau")["pans"].to_numpy()) <= 0).all()
 
 
-def test_taxonomy_totals_equal_pan_rows(tables):
+def test_count_interval_and_stability_are_reported(tables):
+    pre = tables["pan_counts"][tables["pan_counts"]["weights"] == "pretrained"]
+    assert (pre["pans_ci_low"] <= pre["pans_ci_high"]).all()
+    assert (pre["n_boot"] >= 100).all()
+    assert pre["jaccard"].between(0, 1).all()
+    assert (pre["both_halves"] <= pre[["half_a_pans", "half_b_pans"]].min(axis=1)).all()
+
+
+def test_taxonomy_totals_equal_pan_rows_per_seed(tables):
     tax, pans = tables["taxonomy"], tables["pans"]
-    assert tax["pans"].sum() == len(pans)
-    assert (tax.groupby(["model", "weights"])["pans"].sum()
-            == pans.groupby(["model", "weights"]).size()).all()
+    seeds = tables["pan_counts"].set_index(["model", "weights"])["seeds"]
+    per_seed = pans.groupby(["model", "weights"]).size() / seeds.reindex(
+        pans.groupby(["model", "weights"]).size().index)
+    np.testing.assert_allclose(tax.groupby(["model", "weights"])["pans"].sum()
+                               .reindex(per_seed.index), per_seed)
 
 
 def test_kernel_mass_is_a_fraction(tables):
@@ -117,10 +137,16 @@ def test_claims_of_chapters_1_and_2_equal_their_tables(tables, smoke_results):
     assert set(ch1) == set(tables["pan_counts"]["model"])
     for model, c in ch1.items():
         pre, rnd = counts.loc[(model, "pretrained")], counts.loc[(model, "random-init")]
-        assert c["pans"] == pre["pans"] and c["random_init_pans"] == rnd["pans"]
+        assert c["pans"] == pre["pans"]
+        assert c["random_init_pans_mean"] == pytest.approx(rnd["pans"], rel=1e-5)
+        assert c["random_init_pans_sd"] == pytest.approx(rnd["pans_sd"], rel=1e-5, abs=1e-9)
+        assert c["random_init_seeds"] == rnd["seeds"] >= 3
+        assert c["uncalibrated_random_init_pans"] == counts.loc[
+            (model, "random-init (uncalibrated)"), "pans"]
         assert c["candidate_channels"] == pre["candidate_channels"]
         assert c["pan_fraction"] == pytest.approx(c["pans"] / c["candidate_channels"], rel=1e-5)
         assert 0 <= c["pan_fraction"] <= 1
+        assert c["pans_ci"] == pytest.approx([pre["pans_ci_low"], pre["pans_ci_high"]], rel=1e-5)
         assert c["circular_null_pans"] == pre["circular_null_pans"]
     tax = tables["taxonomy"]
     for model, c in claims["02_taxonomy"].items():

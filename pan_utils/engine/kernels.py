@@ -25,7 +25,8 @@ def _compiled():
         return None
 
     @njit(parallel=True, cache=True, nogil=True)
-    def border_stats(m, rows, counts, n_int, sum_t, n_sign, n_nonzero, s1, s2):  # pragma: no cover
+    def border_stats(m, rows, counts, n_int, sum_t, n_sign, n_nonzero, s1, s2,
+                     t_img, s1_img, s2_img):  # pragma: no cover
         # m: (N, P, C) float32, one row of C values per position (channels-last).
         # rows: (P,) accumulator row (band region) of each position, -1 for the interior.
         n, p, c = m.shape
@@ -47,13 +48,19 @@ def _compiled():
                     br = b[r]
                     for k in range(c):
                         br[k] += v[k]
+        keep = t_img.shape[0] > 0  # per-image outputs wanted (the bootstrap)
         for k in prange(c):  # channels in parallel; images in order: deterministic
             for i in range(n):
                 s1[k] += inner[i, k]
                 s2[k] += inner_sq[i, k]
                 mean_int = inner[i, k] / n_int
+                if keep:
+                    s1_img[i, k] = inner[i, k]
+                    s2_img[i, k] = inner_sq[i, k]
                 for r in range(k_rows):
                     t = band[i, r, k] / counts[r] - mean_int
+                    if keep:
+                        t_img[i, r, k] = t
                     sum_t[r, k] += t
                     if t > 0:
                         n_sign[r, k] += 1.0
@@ -77,8 +84,9 @@ def applies_to(y: torch.Tensor) -> bool:
 
 def accumulate_border_stats(y: torch.Tensor, rows: np.ndarray, counts: np.ndarray, n_int: int,
                             sum_t: torch.Tensor, n_sign: torch.Tensor,
-                            n_nonzero: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor
-                            ) -> None:
+                            n_nonzero: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor,
+                            per_image: bool = False
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Add one batch of maps ``y`` (N×C×H×W) to the scan's float64 CPU accumulators, in place.
 
     ``rows[p]``: accumulator row of flat position p (row-major over H×W), -1 for the
@@ -91,5 +99,12 @@ def accumulate_border_stats(y: torch.Tensor, rows: np.ndarray, counts: np.ndarra
     n, c = y.shape[:2]
     m = y.permute(0, 2, 3, 1).reshape(n, -1, c).numpy()  # a view, no copy
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    k = counts.shape[0]
+    shape = (n, k, c) if per_image else (0, k, c)
+    t_img = np.zeros(shape)
+    s1_img, s2_img = np.zeros(shape[:1] + (c,)), np.zeros(shape[:1] + (c,))
     _compiled()(m, rows, counts, float(n_int), sum_t.numpy(), n_sign.numpy(),
-                n_nonzero.numpy(), s1.numpy(), s2.numpy())
+                n_nonzero.numpy(), s1.numpy(), s2.numpy(), t_img, s1_img, s2_img)
+    if per_image:
+        return torch.from_numpy(t_img), torch.from_numpy(s1_img), torch.from_numpy(s2_img)
+    return None

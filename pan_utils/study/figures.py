@@ -38,17 +38,20 @@ def _tau_line(ax, tau: float | None, vertical: bool = True) -> None:
 
 def sensitivity_curve(sens: pd.DataFrame, tau: float | None = None, models=None
                       ) -> plt.Figure:
-    """PAN count vs tau, one line per condition (pre-trained, random-init, and the
-    circular null of each), one panel per model; the zero line is drawn."""
-    df = sens.assign(series=np.where(sens["condition"] == "circular null",
-                                     "circular null (" + sens["weights"] + ")",
-                                     sens["condition"]))
-    order = [s for s in ("pretrained", "random-init", "circular null (pretrained)",
-                         "circular null (random-init)") if s in set(df["series"])]
+    """PAN count vs tau per model: pre-trained weights, the random-init baseline (mean ±
+    sd over init seeds, shaded), its uncalibrated variant and the circular null of the
+    pre-trained weights; the zero line is drawn."""
+    null = sens["condition"] == "circular null"
+    df = sens[~null | (sens["weights"] == "pretrained")]
+    df = df.assign(series=np.where(df["condition"] == "circular null",
+                                   "circular null (pretrained)", df["condition"]))
+    order = [s for s in ("pretrained", "random-init", "random-init (uncalibrated)",
+                         "circular null (pretrained)") if s in set(df["series"])]
     g = sns.relplot(data=df, x="tau", y="pans", hue="series", hue_order=order,
                     style="series", style_order=order, col="model",
                     col_order=_model_order(df, models), kind="line", markers=True,
-                    dashes=False, height=3.2, aspect=1.2, facet_kws={"sharey": False})
+                    dashes=False, errorbar="sd", height=3.2, aspect=1.2,
+                    facet_kws={"sharey": False})
     for ax in g.axes.flat:
         ax.set_yscale("symlog", linthresh=1)
         ax.set_ylim(bottom=-0.4)
@@ -61,11 +64,12 @@ def sensitivity_curve(sens: pd.DataFrame, tau: float | None = None, models=None
 
 
 def pans_per_layer(layers: pd.DataFrame, models=None) -> plt.Figure:
-    """Fraction of each candidate layer's channels that are PANs, against relative depth."""
+    """Fraction of each candidate layer's channels that are PANs, against relative depth
+    (the random-init baseline: mean ± sd over init seeds)."""
     df = layers.assign(fraction=layers["pans"] / layers["candidate_channels"])
     g = sns.relplot(data=df, x="depth", y="fraction", hue="weights", col="model",
                     col_order=_model_order(df, models), kind="line", marker="o",
-                    height=3.2, aspect=1.3)
+                    errorbar="sd", height=3.2, aspect=1.3)
     g.set_titles("{col_name}")
     g.set_axis_labels("relative depth (0: first padded conv)",
                       "PANs / channels of the layer")

@@ -7,6 +7,7 @@ draws the mean activation maps of the strongest PANs beside typical non-PANs.
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import numpy as np
@@ -14,14 +15,17 @@ import pandas as pd
 import torch
 
 from ..engine.maps import bn_signs, record_maps
-from ..engine.models import LoadedModel, load_model, random_init
+from ..engine.models import LoadedModel, load_model, random_init, recalibrate_batchnorm
 from ..engine.probes import ImageFolderProbe, bundled_images
 from ..engine.rule import decide_pans, pan_counts_by_tau
-from ..engine.scan import find_pans
+from ..engine.scan import find_pans, scan
+from ..engine.uncertainty import count_uncertainty
 from .settings import Settings
 
 WEIGHTS = ("pretrained", "random-init")
 MAP_IMAGES = 64  # mean maps settle well before this; the first crops of the scan set
+CALIBRATION_IMAGES = 128  # BatchNorm statistics of a random network settle well before this
+PRETRAINED, RANDOM, UNCALIBRATED = "pretrained", "random-init", "random-init (uncalibrated)"
 TAUS = tuple(float(t) for t in range(1, 11))
 
 
@@ -43,6 +47,22 @@ def probe_images(loaded: LoadedModel, settings: Settings, size: int | None = Non
                                 n=n, seed=settings.seed)
     return bundled_images(n, size, seed=settings.seed, split=split,
                           mean=p.mean, std=p.std)
+
+
+def calibration_images(loaded: LoadedModel, settings: Settings, size: int):
+    """Images for recalibrating a random network's BatchNorm, disjoint from the scan set:
+    crops of the evaluation photos (their own seed), or folder files the scan set did not
+    draw (docs/METHOD.md §5.2)."""
+    p = loaded.preprocessing
+    n = min(settings.n_images, CALIBRATION_IMAGES)
+    if settings.data_dir:
+        scan_files = set(probe_images(loaded, settings, size).files)
+        probe = ImageFolderProbe(settings.data_dir, size, p.mean, p.std)
+        rest = [f for f in probe.files if f not in scan_files] or probe.files
+        probe.files = rest[:n]
+        return probe
+    return bundled_images(n, size, seed=settings.seed + 2, split="eval", mean=p.mean,
+                          std=p.std)
 
 
 def channel_scores(scores: pd.DataFrame, pans: pd.DataFrame, mode: str = "native"
@@ -68,56 +88,104 @@ def per_layer(scores: pd.DataFrame, pans: pd.DataFrame) -> pd.DataFrame:
     return layers.sort_values("order", ignore_index=True)
 
 
+def _baselines(loaded: LoadedModel, settings: Settings, size: int):
+    """(weights label, init seed, model) of the random-init baselines: ``baseline_seeds``
+    networks with recalibrated BatchNorm, and one left as initialised (secondary)."""
+    calib = calibration_images(loaded, settings, size)
+    for i in range(settings.baseline_seeds):
+        seed = settings.seed + i
+        model = random_init(loaded.model, seed).to(settings.device)
+        yield RANDOM, seed, recalibrate_batchnorm(model, calib, batch_size=settings.batch_size)
+    yield UNCALIBRATED, settings.seed, random_init(loaded.model, settings.seed)
+
+
+def _summary(by_seed: pd.DataFrame, uncertainty: pd.DataFrame) -> pd.DataFrame:
+    """One row per model and weights: counts as mean ± sd over init seeds (sd 0 for one),
+    with the pre-trained count's bootstrap interval and split-half stability."""
+    keys = ["model", "weights"]
+    g = by_seed.groupby(keys, sort=False)
+    out = g.agg(candidate_layers=("candidate_layers", "first"),
+                candidate_channels=("candidate_channels", "first"),
+                pans=("pans", "mean"), pans_sd=("pans", "std"), seeds=("pans", "size"),
+                pan_fraction=("pan_fraction", "mean"), pan_fraction_sd=("pan_fraction", "std"),
+                circular_null_pans=("circular_null_pans", "mean"), tau=("tau", "first"),
+                q=("q", "first"), n_images=("n_images", "first"),
+                image_size=("image_size", "first")).reset_index()
+    out = out.fillna({"pans_sd": 0.0, "pan_fraction_sd": 0.0})
+    return out.merge(uncertainty, on=keys, how="left")
+
+
 def identify(model_name: str, settings: Settings, *, progress: bool = True,
              taus: Sequence[float] = TAUS) -> dict[str, pd.DataFrame]:
-    """All chapter-1 tables of one model: pre-trained and random-init, each with its null.
+    """All chapter-1 tables of one model: pre-trained weights and the random-init
+    baselines, each scanned with the circular null (docs/METHOD.md §4-5).
 
-    Returns ``pan_counts``, ``pans``, ``pan_sensitivity``, ``pan_layers`` and
-    ``channel_scores``, every table carrying ``model`` and ``weights`` columns.
+    Returns ``pan_counts`` (one row per weights: mean ± sd over init seeds, and the
+    pre-trained count's bootstrap interval and split-half Jaccard), ``pan_counts_by_seed``,
+    ``pans``, ``pan_sensitivity``, ``pan_layers`` and ``channel_scores``; every table
+    carries ``model``, ``weights`` and, where seeds differ, ``init_seed``.
     """
     tau, q = float(settings.tau), float(settings.consistency)
     loaded = load_model(model_name)
     size = input_size(loaded, settings)
     images = probe_images(loaded, settings, size)
-    models = {"pretrained": loaded.model,
-              "random-init": random_init(loaded.model, settings.seed)}
     device = settings.device
     out: dict[str, list[pd.DataFrame]] = {k: [] for k in
-                                          ("pan_counts", "pans", "pan_sensitivity",
-                                           "pan_layers", "channel_scores")}
-    for weights, model in models.items():
+                                          ("pan_counts_by_seed", "pans", "pan_sensitivity",
+                                           "pan_layers", "channel_scores", "uncertainty")}
+    variants = itertools.chain([(PRETRAINED, None, loaded.model)],
+                               _baselines(loaded, settings, size))
+    for weights, seed, model in variants:
         model.to(device)
-        pans, scores = find_pans(model, images, tau, q, batch_size=settings.batch_size,
-                                 device=device, progress=progress, return_scores=True)
-        n_images = int(scores["n_images"].iloc[0])
+        tag = {"model": model_name, "weights": weights, "init_seed": seed}
+        if weights == PRETRAINED:
+            scores, stats = scan(model, images, null=True, batch_size=settings.batch_size,
+                                 device=device, progress=progress, desc="find_pans",
+                                 per_image=True)
+            pans = decide_pans(scores, tau=tau, consistency=q)
+            unc = count_uncertainty(stats, n_boot=settings.n_boot, seed=settings.seed,
+                                    tau=tau, consistency=q)
+            out["uncertainty"].append(unc.drop(columns="pans").assign(
+                model=model_name, weights=weights))
+            del stats
+        else:
+            pans, scores = find_pans(model, images, tau, q, batch_size=settings.batch_size,
+                                     device=device, progress=progress, return_scores=True)
         circ = decide_pans(scores, tau=tau, consistency=q, mode="circular", null_mode=None)
         layers = per_layer(scores, pans)
-        tag = {"model": model_name, "weights": weights}
         n_cand = int(layers["candidate_channels"].sum())
-        out["pan_counts"].append(pd.DataFrame([{
+        out["pan_counts_by_seed"].append(pd.DataFrame([{
             **tag, "candidate_layers": len(layers), "candidate_channels": n_cand,
             "pans": len(pans), "pan_fraction": len(pans) / n_cand, "tau": tau, "q": q,
-            "n_images": n_images, "image_size": size, "circular_null_pans": len(circ),
-        }]))
-        out["pans"].append(pans.assign(**tag)[["model", "weights", *pans.columns]])
+            "n_images": int(scores["n_images"].iloc[0]), "image_size": size,
+            "circular_null_pans": len(circ)}]))
         for cond, kw in ((weights, {}),
                          ("circular null", {"mode": "circular", "null_mode": None})):
             curve = pan_counts_by_tau(scores, taus, consistency=q, **kw)
             out["pan_sensitivity"].append(curve.assign(**tag, condition=cond))
-        out["pan_layers"].append(layers.assign(**tag))
-        for mode, cond in (("native", weights), ("circular", "circular null")):
-            p = pans if mode == "native" else circ
-            out["channel_scores"].append(channel_scores(scores, p, mode).assign(
-                **tag, condition=cond))
+        if weights != UNCALIBRATED:
+            out["pans"].append(pans.assign(**tag))
+            out["pan_layers"].append(layers.assign(**tag))
+        # Channel score distributions: the pre-trained weights with their null, and the
+        # first calibrated baseline.
+        if weights == PRETRAINED or (weights == RANDOM and seed == settings.seed):
+            modes = (("native", weights), ("circular", "circular null"))
+            for mode, cond in modes[:2 if weights == PRETRAINED else 1]:
+                p = pans if mode == "native" else circ
+                out["channel_scores"].append(channel_scores(scores, p, mode).assign(
+                    **tag, condition=cond))
         model.to("cpu")
-    first = ["model", "weights"]
+    first = ["model", "weights", "init_seed"]
     tables = {}
     for name, frames in out.items():
         df = pd.concat([f for f in frames if len(f)] or frames, ignore_index=True)
-        extra = ["condition"] if "condition" in df.columns else []
-        tables[name] = df[first + extra + [c for c in df.columns if c not in first + extra]]
+        df["init_seed"] = df["init_seed"].astype("Int64") if "init_seed" in df else None
+        lead = [c for c in first + ["condition"] if c in df.columns]
+        tables[name] = df[lead + [c for c in df.columns if c not in lead]]
     tables["pan_sensitivity"] = tables["pan_sensitivity"][
-        ["model", "weights", "condition", "tau", "pans"]]
+        ["model", "weights", "init_seed", "condition", "tau", "pans"]]
+    unc = tables.pop("uncertainty").drop(columns="init_seed")
+    tables["pan_counts"] = _summary(tables["pan_counts_by_seed"], unc)
     return tables
 
 

@@ -30,29 +30,39 @@ def _pct(x: float) -> str:
 
 def _identification(results: Path) -> list[str]:
     counts = read_table(results, "pan_counts")
-    pre = counts[counts["weights"] == "pretrained"].set_index("model")
-    rnd = counts[counts["weights"] == "random-init"].set_index("model")
+    by = counts.set_index(["weights", "model"])
+    pre = by.loc["pretrained"]
     first = pre.iloc[0]
+    rnd = by.loc["random-init"] if "random-init" in by.index else None
+    raw = (by.loc["random-init (uncalibrated)"]
+           if "random-init (uncalibrated)" in by.index else None)
+    seeds = int(rnd["seeds"].max()) if rnd is not None else 0
     lines = [f"Probes: {first['n_images']} random crops of the bundled photos per model at "
              f"each model's input size; `tau = {first['tau']:g}`, `q = {first['q']:g}`, "
-             "circular null on (`pan_counts.csv`).", "",
-             "| model | PANs (pre-trained) | of candidate channels | random-init weights "
-             "| circular null alone |", "|---|---|---|---|---|"]
+             "circular null on (`pan_counts.csv`). Interval: bootstrap over the probe images "
+             f"({first['n_boot']:.0f} resamples, {100 * first['ci_level']:.0f}%); stability: "
+             "Jaccard index of the PAN sets of the two halves of the probe set.", "",
+             "| model | PANs (pre-trained) | interval | of candidate channels | split-half "
+             f"Jaccard | random-init, BatchNorm recalibrated ({seeds} seeds) | random-init, "
+             "uncalibrated | circular null alone |", "|---|---|---|---|---|---|---|---|"]
     for m, r in pre.iterrows():
-        lines.append(f"| {m} | {r['pans']} | {r['candidate_channels']} "
-                     f"({_pct(r['pan_fraction'])}) | {rnd.loc[m, 'pans']} "
-                     f"({_pct(rnd.loc[m, 'pan_fraction'])}) | {r['circular_null_pans']} |")
-    ratios = ", ".join(f"{m} {r['pans'] / max(rnd.loc[m, 'pans'], 1):.1f}×"
-                       for m, r in pre.iterrows())
-    lines += ["", f"- Pre-trained against random-init PAN counts: {ratios}."]
+        base = (f"{rnd.loc[m, 'pans']:.1f} ± {rnd.loc[m, 'pans_sd']:.1f}"
+                if rnd is not None and m in rnd.index else "–")
+        unc = f"{raw.loc[m, 'pans']:g}" if raw is not None and m in raw.index else "–"
+        lines.append(f"| {m} | {r['pans']:g} | {r['pans_ci_low']:.0f}–{r['pans_ci_high']:.0f} | "
+                     f"{r['candidate_channels']} ({_pct(r['pan_fraction'])}) | "
+                     f"{r['jaccard']:.2f} | {base} | {unc} | {r['circular_null_pans']:g} |")
     sens = read_table(results, "pan_sensitivity")
+    lines.append("")
     for m in pre.index:
         s = sens[sens["model"] == m].pivot_table(index="tau", columns="condition",
-                                                 values="pans", aggfunc="first")
+                                                 values="pans", aggfunc="mean")
         if {"pretrained", "random-init"} <= set(s.columns):
             below = s.index[s["random-init"] >= s["pretrained"]]
-            where = (f"random-init weights have at least as many up to tau = {below.max():g}"
-                     if len(below) else "pre-trained weights have more at every tau")
+            where = (f"the recalibrated baseline has at least as many up to tau = "
+                     f"{below.max():g}" if len(below) else
+                     "pre-trained weights have more PANs than the recalibrated baseline at "
+                     f"every tau from {s.index.min():g} to {s.index.max():g}")
             lines.append(f"- {m}: {where} (`pan_sensitivity.csv`).")
     return lines
 

@@ -41,6 +41,8 @@ class Settings:
     tau: float = 3.0
     consistency: float = 0.95
     seed: int = 0
+    baseline_seeds: int = 3  # random-init baselines (BatchNorm recalibrated), one per seed
+    n_boot: int = 200  # bootstrap resamples of the probe images for a count's interval
     n_placement: int = 64  # evaluation images placed at the centre / in a corner
     placement_scale: float = 0.5
 

@@ -20,9 +20,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..engine.models import IMAGENET_MEAN, IMAGENET_STD
-from ..engine.probes import (ImageFiles, ProbeError, bundled_photos, eval_transform, normalize,
-                             random_crop_box)
+from ..engine.probes import (IMAGENET_MEAN, IMAGENET_STD, ImageFiles, ProbeError,
+                             bundled_photos, eval_transform, normalize, random_crop_box)
 from .nets import TrainingError
 
 TASKS = ("content", "location")

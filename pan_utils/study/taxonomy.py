@@ -22,12 +22,20 @@ from .settings import Settings
 
 
 
-def type_counts(pans: pd.DataFrame) -> pd.DataFrame:
-    """PANs per model × weights × type × polarity (only combinations that occur)."""
+def type_counts(pans: pd.DataFrame, counts: pd.DataFrame | None = None) -> pd.DataFrame:
+    """PANs per model × weights × type × polarity (only combinations that occur).
+
+    With ``counts`` (chapter 1's ``pan_counts``, which has ``seeds``), the PANs of weights
+    scanned under several init seeds are averaged per seed.
+    """
     cols = ["model", "weights", "type", "polarity"]
     if pans.empty:
         return pd.DataFrame(columns=cols + ["pans", "fraction"])
     out = pans.groupby(cols, as_index=False).size().rename(columns={"size": "pans"})
+    if counts is not None and "seeds" in counts:
+        seeds = counts.set_index(["model", "weights"])["seeds"]
+        per = [seeds.get((m, w), 1) for m, w in zip(out["model"], out["weights"])]
+        out["pans"] = out["pans"] / pd.Series(per, index=out.index).clip(lower=1)
     total = out.groupby(["model", "weights"])["pans"].transform("sum")
     out["fraction"] = out["pans"] / total
     order = {t: i for i, t in enumerate(TYPE_ORDER)}
