@@ -77,6 +77,7 @@ def interior_means(model: nn.Module, layers_channels, images, *, batch_size: int
         model: the network, on ``device``.
         layers_channels: a table with ``layer`` and ``channel`` columns, or pairs.
         images: an N×C×H×W tensor or an iterable of batches (the scan set).
+        batch_size, device, progress: as for ``scan``.
 
     Returns:
         One row per (layer, channel): layer, channel, interior_mean, n_images.
@@ -142,7 +143,7 @@ def means_lookup(means: pd.DataFrame | Mapping | None) -> dict[tuple[str, int], 
 @contextmanager
 def ablate(model: nn.Module, pans: pd.DataFrame, how: str = "mean", means=None, *,
            images=None, batch_size: int = 32) -> Iterator[nn.Module]:
-    """Within the block, each (layer, channel) of ``pans`` is replaced by its interior mean.
+    """Channels of ``pans`` replaced by their interior mean in the block (docs/METHOD.md §7).
 
     Args:
         model: the network; its parameters and buffers are never written.
@@ -152,9 +153,10 @@ def ablate(model: nn.Module, pans: pd.DataFrame, how: str = "mean", means=None, 
             run, which includes the PAN's own sides), and the interior is untouched.
         means: an ``interior_means`` table or a {(layer, channel): value} mapping; when
             None it is computed from ``images`` (the scan set).
+        images, batch_size: the scan set and its batch size, used only when ``means`` is None.
 
-    Returns:
-        A context manager yielding ``model``; the hooks are removed on exit, also on error.
+    Yields:
+        ``model``; the hooks are removed on exit, also on error.
 
     Example:
         >>> with ablate(model, pans, "border", images=scan_images):

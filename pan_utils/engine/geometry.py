@@ -37,9 +37,24 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[in
 
 
 def band_counts(size: int, out: int, before: int, k: int, s: int, d: int) -> tuple[int, int]:
-    """Output positions of one dimension whose window starts before 0 / ends after size-1.
+    """Leading and trailing outputs of one dimension that read padding (docs/METHOD.md §2.4).
 
-    Output position i reads input positions ``i*s - before + j*d`` for j in 0..k-1.
+    Output position i reads input positions ``i*s - before + j*d`` for j in 0..k-1; it is
+    in the first band when its window starts before 0, in the last when it ends after
+    size-1.
+
+    Args:
+        size: input length, before padding.
+        out: output length.
+        before: padding before position 0.
+        k, s, d: kernel size, stride and dilation.
+
+    Returns:
+        (first, last) band widths.
+
+    Example:
+        >>> band_counts(size=10, out=10, before=2, k=5, s=1, d=1)
+        (2, 2)
     """
     first = min(out, -(-before // s))  # i*s < before  <=>  i < ceil(before/s)
     last_inside = before + size - 1 - (k - 1) * d  # i*s <= this keeps the window inside

@@ -15,12 +15,16 @@ Hook = Callable[..., object]
 @contextmanager
 def hooks(forward: Iterable[tuple[nn.Module, Hook]] = (),
           pre: Iterable[tuple[nn.Module, Hook]] = ()) -> Iterator[None]:
-    """Forward hooks (``hook(module, inputs, output)``) and forward pre-hooks
-    (``hook(module, inputs)``) registered for the block and removed on exit.
+    """Forward hooks and pre-hooks for the block only: one left behind would alter later passes.
 
     Args:
-        forward: (module, hook) pairs for ``register_forward_hook``.
-        pre: (module, hook) pairs for ``register_forward_pre_hook``.
+        forward: (module, hook) pairs for ``register_forward_hook``
+            (``hook(module, inputs, output)``).
+        pre: (module, hook) pairs for ``register_forward_pre_hook``
+            (``hook(module, inputs)``).
+
+    Yields:
+        None; every hook is removed on exit, also on error.
 
     Example:
         >>> seen = []
@@ -37,8 +41,14 @@ def hooks(forward: Iterable[tuple[nn.Module, Hook]] = (),
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode for the block; each module's own training flag is restored
-    on exit (a model with some modules frozen in eval keeps them so).
+    """``model`` in eval mode for the block: measuring never changes BatchNorm statistics.
+
+    Args:
+        model: the network.
+
+    Yields:
+        ``model``; each module's own training flag is restored on exit, also on error (a
+        model with some modules frozen in eval keeps them so).
 
     Example:
         >>> with eval_mode(model), torch.inference_mode():

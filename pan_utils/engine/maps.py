@@ -48,7 +48,22 @@ class MapRecorder:
 def recording(model: nn.Module, layers: Mapping[str, Sequence[int]],
               signs: Mapping[str, Sequence[float]] | None = None
               ) -> Iterator[dict[str, MapRecorder]]:
-    """Hook ``layers`` (name -> channels) of ``model``; hooks removed on exit, also on error."""
+    """Chosen channels' mean maps, summed in hooks, no per-image map kept (docs/METHOD.md §6).
+
+    Args:
+        model: the network.
+        layers: {layer name: channels}; an unknown name raises ``KeyError``.
+        signs: {layer name: one sign per channel}, e.g. the BatchNorm signs of ``bn_signs``.
+
+    Yields:
+        {layer name: ``MapRecorder``}, whose ``mean`` is the (len(channels), H, W) mean
+        map; the hooks are removed on exit, also on error.
+
+    Example:
+        >>> with recording(model, {"features.0.0": [5]}) as recs, torch.inference_mode():
+        ...     model(x)
+        >>> recs["features.0.0"].mean.shape
+    """
     modules = dict(model.named_modules())
     missing = [n for n in layers if n not in modules]
     if missing:

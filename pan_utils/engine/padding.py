@@ -151,10 +151,25 @@ def child_pad(conv: nn.Module) -> tuple[str, nn.Module] | None:
 
 def discover(model: nn.Module, input_size: int | tuple[int, int], *, batch: int = 2,
              device: torch.device | str | None = None) -> list[ConvSite]:
-    """Every Conv2d of ``model`` with its padding per side at ``input_size``.
+    """Every Conv2d of ``model`` with its per-side padding at ``input_size``, found by running it.
 
-    One forward pass on a zero batch; all hooks are removed before returning and the
-    model's train/eval state is restored.
+    A forward pass sees padding wherever it hides (pad modules, TF-SAME computed in
+    forward) and which BatchNorm consumes each conv (docs/METHOD.md §2.3). It runs on a
+    zero batch; all hooks are removed before returning and the model's train/eval state is
+    restored.
+
+    Args:
+        model: the network.
+        input_size: H or (H, W) of the input.
+        batch: images in the zero batch.
+        device: where to run it; the model's device when None.
+
+    Returns:
+        One ``ConvSite`` per Conv2d, in call order.
+
+    Example:
+        >>> sites = discover(model, 224)
+        >>> [s.name for s in sites if s.is_candidate][:3]
     """
     h, w = pair(input_size)
     device = device_of(model) if device is None else device
@@ -165,8 +180,23 @@ def discover(model: nn.Module, input_size: int | tuple[int, int], *, batch: int 
 
 @contextmanager
 def discovering(model: nn.Module) -> Iterator[dict[nn.Module, ConvSite]]:
-    """Hooks that describe every Conv2d (a ``ConvSite``, in call order) during the forward
-    passes run inside, at the size they see; a scan discovers on its first batch."""
+    """Describe every Conv2d in the passes run inside: a scan discovers on its first batch.
+
+    Hooks on pad modules, convs and BatchNorms read the padding as it is applied
+    (docs/METHOD.md §2.3), without an extra forward pass.
+
+    Args:
+        model: the network.
+
+    Yields:
+        {conv module: ``ConvSite``}, filled in call order at the size each conv sees; the
+        hooks are removed on exit, also on error.
+
+    Example:
+        >>> with discovering(model) as sites, torch.inference_mode():
+        ...     model(x)
+        >>> candidates = [s for s in sites.values() if s.is_candidate]
+    """
     names = {m: n for n, m in model.named_modules()}
     # Outputs by id, held weakly: a scan discovers on a real batch, whose maps must not
     # outlive the forward pass; the weak reference still tells a reused id from the tensor.
@@ -236,7 +266,23 @@ def _input_channels(model: nn.Module) -> int:
 
 def padded_convs(model: nn.Module, input_size: int | tuple[int, int] = 224, *,
                  all_convs: bool = False) -> pd.DataFrame:
-    """One row per candidate conv (docs/METHOD.md §2) with its padding per side at ``input_size``."""
+    """Every candidate conv and its padding per side: where PANs can arise (docs/METHOD.md §2).
+
+    Args:
+        model: the network.
+        input_size: H or (H, W); TF-SAME padding and the band widths depend on it.
+        all_convs: list every Conv2d, not only the candidates (padded on some side where
+            the kernel is larger than 1).
+
+    Returns:
+        One row per conv (``ConvSite.row``), in call order: layer, order, module_type,
+        padding_kind, padding_mode, pad_module, pad_* and band_* per side, kernel, stride
+        and dilation per axis, groups, in/out channels, in/out size, batchnorm, candidate.
+
+    Example:
+        >>> convs = padded_convs(model, 224)
+        >>> convs[["layer", "padding_kind", "pad_top", "band_top"]].head()
+    """
     rows = [s.row() for s in discover(model, input_size) if all_convs or s.is_candidate]
     return pd.DataFrame(rows)
 

@@ -92,12 +92,24 @@ def _padded_conv_forward(conv: nn.Conv2d, mode: str):
 
 @contextmanager
 def padding_policy(model: nn.Module, mode: str) -> Iterator[nn.Module]:
-    """Switch every padding of ``model`` to ``mode``; restore it exactly on exit.
+    """Every padding of ``model`` in ``mode`` for the block: the same weights, another border.
 
-    Covers conv ``padding``/``padding_mode`` (including ``'same'``), TF-SAME convs that
-    pad in forward, and every pad module (swapped for a pad of the new mode with the same
-    widths). Padded convs get an instance-level forward that pads in ``mode`` and keeps
+    Used by the circular null and the padding swaps (docs/METHOD.md §5, §7). Covers conv
+    ``padding``/``padding_mode`` (including ``'same'``), TF-SAME convs that pad in forward,
+    and every pad module (swapped for a pad of the new mode with the same widths). Padded
+    convs get an instance-level forward that pads in ``mode`` and keeps
     channels-last inputs channels-last; weights are never touched.
+
+    Args:
+        model: the network.
+        mode: one of ``padding.MODES``: 'zeros', 'reflect', 'replicate', 'circular'.
+
+    Yields:
+        ``model``; restored exactly on exit, also on error.
+
+    Example:
+        >>> with padding_policy(model, "circular"), torch.inference_mode():
+        ...     logits = model(x)
     """
     if mode not in MODES:
         raise ValueError(f"padding mode must be one of {', '.join(MODES)}; got {mode!r}")

@@ -31,7 +31,15 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 
 class ProbeError(ValueError):
-    """Probe data the study cannot use (missing folder, no readable image, bad size)."""
+    """Probe data the study cannot use (missing folder, no readable image, bad size).
+
+    Example:
+        >>> try:
+        ...     bundled_images(0)
+        ... except ProbeError as err:
+        ...     print(err)
+        number of images must be at least 1; got 0
+    """
 
 
 def _load_photo(name: str) -> np.ndarray:
@@ -53,7 +61,20 @@ def _load_photo(name: str) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def bundled_photos(split: str = "all") -> tuple[tuple[str, np.ndarray], ...]:
-    """(name, H×W×3 uint8) for the offline photos of ``split`` ('scan', 'eval' or 'all')."""
+    """The offline photos of ``split``, so probing needs no download (docs/METHOD.md §1.1).
+
+    Natural photos that ship with scikit-image and scikit-learn.
+
+    Args:
+        split: 'scan', 'eval' or 'all'; the scan and eval halves never share a photo.
+
+    Returns:
+        (name, H×W×3 uint8) pairs, cached.
+
+    Example:
+        >>> [name for name, _ in bundled_photos("eval")][:2]
+        ['chelsea', 'hubble_deep_field']
+    """
     if split not in ("scan", "eval", "all"):
         raise ProbeError(f"split must be 'scan', 'eval' or 'all'; got {split!r}")
     return tuple((n, _load_photo(n)) for n, s in PHOTO_SPLITS.items() if split in ("all", s))
@@ -83,8 +104,25 @@ def bundled_images(n: int, size: int | tuple[int, int] = 224, *, seed: int = 0,
                    split: str = "scan", mean: Sequence[float] = IMAGENET_MEAN,
                    std: Sequence[float] = IMAGENET_STD, min_scale: float = 0.15,
                    return_names: bool = False):
-    """``n`` random crops (scale, position, flip jitter) of the bundled photos, resized to
-    ``size`` and normalised: an N×3×H×W float tensor, deterministic given ``seed``."""
+    """``n`` random crops of the bundled photos: the default probe set (docs/METHOD.md §1.2).
+
+    Args:
+        n: number of images.
+        size: H or (H, W) the crops are resized to.
+        seed: crops, flips and photo draws are deterministic given it.
+        split: which photos: 'scan', 'eval' or 'all' (``bundled_photos``).
+        mean, std: per-channel normalisation (ImageNet's by default).
+        min_scale: the smallest crop area as a fraction of the photo; the aspect ratio is
+            drawn in [3/4, 4/3], and half the crops are flipped.
+        return_names: also return the photo of each crop.
+
+    Returns:
+        An N×3×H×W float tensor, normalised; ``(tensor, names)`` with ``return_names=True``.
+
+    Example:
+        >>> bundled_images(64, 224, seed=0).shape
+        torch.Size([64, 3, 224, 224])
+    """
     if n < 1:
         raise ProbeError(f"number of images must be at least 1; got {n}")
     out_h, out_w = (size, size) if isinstance(size, int) else size
@@ -133,13 +171,24 @@ def list_image_files(root: str | Path) -> list[Path]:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """The one image-folder reader: files of a folder, flat or one sub-folder per class,
-    as a torch ``Dataset`` of (image, label) through torchvision transforms.
+    """The one image-folder reader: a folder's images as a torch ``Dataset`` of (image, label).
 
-    Labels come from the folder layout only: class folders named by ImageNet WordNet ids
-    (``n01440764`` ...) get the standard ImageNet indices (unless ``imagenet_labels`` is
-    false), other class folders their sorted rank, and files directly in ``root`` -1. An unreadable file gives
-    ``None`` as its image; ``ImageFolderProbe`` skips and counts those.
+    The folder is flat or has one sub-folder per class; images go through torchvision
+    transforms. Labels come from the folder layout only: class folders named by ImageNet
+    WordNet ids (``n01440764`` ...) get the standard ImageNet indices (unless
+    ``imagenet_labels`` is false), other class folders their sorted rank, and files
+    directly in ``root`` -1. An unreadable file gives ``None`` as its image;
+    ``ImageFolderProbe`` skips and counts those.
+
+    Args:
+        root: the folder (any depth; symbolic links to folders are not followed).
+        transform: applied to each PIL image; the PIL image itself when None.
+        files: a subset of the folder's files; all of them when None.
+        imagenet_labels: give WordNet-id folders the ImageNet indices.
+
+    Example:
+        >>> data = ImageFiles("data/val", eval_transform(224))
+        >>> x, label = data[0]
     """
 
     def __init__(self, root: str | Path, transform: Callable | None = None,
@@ -197,10 +246,23 @@ def eval_transform(size: int | tuple[int, int], crop_fraction: float = 0.875) ->
 
 @dataclass
 class ImageFolderProbe:
-    """Images of a folder (``ImageFiles``), evaluation-transformed, in normalised batches.
+    """A folder's images, evaluation-transformed, in normalised batches (docs/METHOD.md §1.3).
 
-    ``n`` draws that many files with ``seed``. Unreadable files are skipped with one
-    warning that counts them.
+    A probe set of one's own, read through ``ImageFiles``. Iterating yields (images,
+    labels) batches of 32; ``batches(batch_size)`` picks the size. Unreadable files are
+    skipped with one warning that counts them (listed in ``skipped``).
+
+    Args:
+        root: the folder, flat or one sub-folder per class.
+        size: H or (H, W) of the centre crop.
+        mean, std: per-channel normalisation (ImageNet's by default).
+        n: draws that many files with ``seed``; every file when None.
+        seed: the draw.
+        crop_fraction: the crop's share of the resized shorter side (``eval_transform``).
+
+    Example:
+        >>> probe = ImageFolderProbe("data/val", size=224, n=500)
+        >>> pans = find_pans(model, probe)
     """
 
     root: str | Path
@@ -261,12 +323,24 @@ class ImageFolderProbe:
 
 
 def iter_batches(images, batch_size: int = 32, *, labels: bool = False) -> Iterator:
-    """Image batches from a tensor, a probe object or an iterable of batches.
+    """Image batches from a tensor, a probe or an iterable: the one way every pass reads images.
 
-    Items may be tensors or (tensor, labels) pairs; only the images are yielded, or
-    (images, labels or None) pairs with ``labels=True``. A tensor
-    is cut so that no batch holds a single image (unless it has only one): a last lone
-    image joins the batch before it, since some models cannot run a batch of 1.
+    Items may be tensors or (tensor, labels) pairs. A tensor is cut so that no batch holds
+    a single image (unless it has only one): a last lone image joins the batch before it,
+    since some models cannot run a batch of 1.
+
+    Args:
+        images: an N×C×H×W tensor, an object with ``batches(batch_size)``, or an iterable
+            of batches.
+        batch_size: images per batch, for tensors and probe objects.
+        labels: yield (images, labels or None) pairs instead of images.
+
+    Yields:
+        N×C×H×W tensors, or (images, labels or None) pairs with ``labels=True``.
+
+    Example:
+        >>> [x.shape[0] for x in iter_batches(torch.zeros(65, 3, 8, 8), 32)]
+        [32, 33]
     """
     if isinstance(images, torch.Tensor):
         if images.ndim != 4:

@@ -18,10 +18,26 @@ def decide_pans(scores: pd.DataFrame, *, tau: float = 3.0, consistency: float = 
                 null_mode: str | None = NULL_MODE, mode: str = "native") -> pd.DataFrame:
     """The decision rule of docs/METHOD.md §4 on a score table: one row per PAN.
 
-    A (channel, side) is significant when |d| >= tau, consistency >= q and, when the
-    table holds the null mode, |d_null| < tau. A channel with any significant side or
-    corner is a PAN. ``mode='circular', null_mode=None`` counts what the circular null
-    itself would call PANs.
+    A (channel, side) is significant when |d| >= tau, consistency >= q and, when the table
+    holds the null mode, |d_null| < tau. A channel with any significant side or corner is a
+    PAN.
+
+    Args:
+        scores: a ``scan`` table.
+        tau: threshold on |d|.
+        consistency: q, the smallest consistency.
+        null_mode: the mode whose contrast disqualifies a side; None for no null.
+        mode: the mode judged. ``mode='circular', null_mode=None`` counts what the circular
+            null itself would call PANs.
+
+    Returns:
+        One row per PAN, by order and channel: layer, order, depth, channel, sides,
+        corners, polarity, type, score (the largest significant |d|), d_top, d_bottom,
+        d_left, d_right, consistency (the smallest over its significant regions).
+
+    Example:
+        >>> pans = decide_pans(scores, tau=3.0, consistency=0.95)
+        >>> pans["type"].value_counts()
     """
     sig = significant_regions(scores, tau=tau, consistency=consistency, null_mode=null_mode,
                               mode=mode)
@@ -55,7 +71,22 @@ def decide_pans(scores: pd.DataFrame, *, tau: float = 3.0, consistency: float = 
 def significant_regions(scores: pd.DataFrame, *, tau: float = 3.0, consistency: float = 0.95,
                         null_mode: str | None = NULL_MODE, mode: str = "native"
                         ) -> pd.DataFrame:
-    """Rows of ``mode`` with ``d_null`` and a boolean ``significant`` column."""
+    """The rule of ``decide_pans`` per (channel, region), before grouping into PANs.
+
+    What the sensitivity curves count (docs/METHOD.md §4-5).
+
+    Args:
+        scores: a ``scan`` table.
+        tau, consistency, null_mode, mode: as for ``decide_pans``.
+
+    Returns:
+        The rows of ``mode`` with ``d_null`` (NaN where there is no null band, which
+        passes) and a boolean ``significant`` column.
+
+    Example:
+        >>> sig = significant_regions(scores, tau=3.0)
+        >>> sig.groupby("side")["significant"].sum()
+    """
     native = scores[scores["mode"] == mode].copy()
     keys = ["layer", "channel", "side"]
     if null_mode is not None and (scores["mode"] == null_mode).any():
@@ -74,7 +105,19 @@ def significant_regions(scores: pd.DataFrame, *, tau: float = 3.0, consistency: 
 def pan_counts_by_tau(scores: pd.DataFrame, taus: Iterable[float], *,
                       consistency: float = 0.95, null_mode: str | None = NULL_MODE,
                       mode: str = "native") -> pd.DataFrame:
-    """PAN count per threshold: the sensitivity curve of docs/METHOD.md §5."""
+    """PAN count per threshold: the sensitivity curve of docs/METHOD.md §5.
+
+    Args:
+        scores: a ``scan`` table.
+        taus: thresholds on |d|.
+        consistency, null_mode, mode: as for ``decide_pans``.
+
+    Returns:
+        One row per threshold: tau, pans.
+
+    Example:
+        >>> pan_counts_by_tau(scores, range(1, 11))
+    """
     rows = []
     for tau in taus:
         sig = significant_regions(scores, tau=tau, consistency=consistency,

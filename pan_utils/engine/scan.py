@@ -32,7 +32,15 @@ from .rule import NULL_MODE, decide_pans
 
 
 class ScanError(ValueError):
-    """A scan that cannot run (no candidate layer, probe too small, mixed sizes)."""
+    """A scan that cannot run (no candidate layer, probe too small, mixed sizes).
+
+    Example:
+        >>> try:
+        ...     find_pans(model, images, tau=0)
+        ... except ScanError as err:
+        ...     print(err)
+        tau must be a positive number; got 0
+    """
 
 
 # Region index (REGIONS order) of an output position by its row band (top, middle,
@@ -224,17 +232,35 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
          device: str | torch.device | None = None, progress: bool = True,
          desc: str = "scan", modes: Sequence[str] | None = None,
          channels_last: bool = True, per_image: bool = False):
-    """One row per (layer, channel, side/corner) with the statistics of docs/METHOD.md §3.
+    """The border contrast of every candidate channel per side and corner (docs/METHOD.md §3).
 
-    ``modes``: padding modes to score, 'native' meaning the model as it is; each batch
-    is run once per mode, so the images are read only once. ``null=True`` is shorthand
-    for ``modes=('native', 'circular')``. Columns: layer, order, depth, mode, channel,
-    side, applicable, band_positions, mean_contrast, sigma_interior, d (BatchNorm sign
-    folded in), consistency, bn_sign, n_images. ``channels_last`` feeds the batches in
-    that memory format (faster convolutions on CPU; the model itself is not changed).
-    ``per_image=True`` also keeps every image's statistics (memory grows with the images)
-    and returns ``(scores, PerImageStats)``, what
-    ``engine.uncertainty`` resamples for intervals and split-half stability.
+    The score, before any decision. Each batch is run once per padding mode, so the
+    images are read only once, and no feature map outlives its hook, so memory does not
+    grow with the number of images.
+
+    Args:
+        model: the network.
+        images: an N×C×H×W tensor, a probe (``ImageFolderProbe``) or an iterable of
+            batches; all of one size.
+        null: shorthand for ``modes=('native', 'circular')``.
+        batch_size: images per forward pass (tensors and probes).
+        device: where to run; must be the model's.
+        progress, desc: show a progress bar, and its label.
+        modes: padding modes to score, 'native' meaning the model as it is.
+        channels_last: feed the batches in that memory format (faster convolutions on
+            CPU; the model itself is not changed).
+        per_image: also keep every image's statistics (memory then grows with the
+            images), for ``engine.uncertainty`` to resample.
+
+    Returns:
+        One row per (mode, layer, channel, side/corner). Columns: layer, order, depth,
+        mode, channel, side, applicable, band_positions, mean_contrast, sigma_interior, d
+        (BatchNorm sign folded in), consistency, bn_sign, n_images. With ``per_image``,
+        ``(scores, PerImageStats)``.
+
+    Example:
+        >>> scores = scan(model, bundled_images(64), null=True)
+        >>> pans = decide_pans(scores, tau=3.0)
     """
     modes = tuple(modes) if modes else (("native", NULL_MODE) if null else ("native",))
     device = torch.device(device) if device is not None else device_of(model)
@@ -334,11 +360,26 @@ def find_pans(model: nn.Module, images, tau: float = 3.0, consistency: float = 0
               null: bool = True, batch_size: int = 32,
               device: str | torch.device | None = None, progress: bool = True,
               return_scores: bool = False, channels_last: bool = True):
-    """PANs of ``model`` on ``images``: one row per PAN.
+    """The PANs of ``model`` on ``images``: ``scan``, then ``decide_pans`` (docs/METHOD.md §3-4).
 
-    With ``null=True`` (default) each batch also runs under circular padding and sides
-    that keep their contrast there are discarded. ``return_scores=True`` returns
-    ``(pans, scores)``.
+    Args:
+        model: the network.
+        images: as for ``scan``.
+        tau: threshold on |d| (default 3).
+        consistency: q, the smallest fraction of images whose own contrast has the sign of
+            the mean (default 0.95).
+        null: also run each batch under circular padding and discard the sides that keep
+            their contrast there (the null of docs/METHOD.md §5.1; default True).
+        return_scores: also return the score table.
+        batch_size, device, progress, channels_last: as for ``scan``.
+
+    Returns:
+        One row per PAN (the columns of ``decide_pans``); ``(pans, scores)`` with
+        ``return_scores=True``.
+
+    Example:
+        >>> pans = find_pans(model, bundled_images(64))
+        >>> pans[["layer", "channel", "sides", "type"]]
     """
     if not (tau > 0 and math.isfinite(tau)):
         raise ScanError(f"tau must be a positive number; got {tau}")
