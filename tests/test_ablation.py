@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from pan_utils.engine.ablate import AblationError, ablate, interior_means
-from pan_utils.study.ablation import (evaluate_conditions, place_crops, random_controls,
-                                      standard_conditions)
+from pan_utils.study.ablation import (dose_conditions, dose_grid, dose_summary,
+                                      evaluate_conditions, interior_means_from_scores,
+                                      place_crops, random_controls, standard_conditions,
+                                      top_pans)
 
 
 def small_net(seed: int = 0) -> nn.Sequential:
@@ -168,7 +170,8 @@ def test_evaluate_conditions_metrics(images, means):
     abl, shift = evaluate_conditions(net, [(x[:5], labels[:5]), (x[5:], labels[5:])], conds,
                                      model_name="net", progress=False)
     assert list(abl["condition"]) == ["intact", "pans_mean", "pans_border", "random_mean",
-                                      "random_mean", "padding_reflect", "padding_replicate",
+                                      "random_mean", "random_border", "random_border",
+                                      "padding_reflect", "padding_replicate",
                                       "padding_circular"]
     intact = abl.iloc[0]
     assert intact["agreement"] == 1 and intact["kl"] == pytest.approx(0, abs=1e-7)
@@ -242,3 +245,59 @@ def test_border_ablation_follows_asymmetric_pad_module_geometry():
     assert torch.equal(y[:, 2, :3, :3], intact[:, 2, :3, :3])
     assert (y[:, 2, 3, :] == 7).all() and (y[:, 2, :, 3] == 7).all()
     assert torch.equal(y[:, [0, 1, 3]], intact[:, [0, 1, 3]])
+
+
+def test_dose_grid_is_logarithmic_from_one_to_all():
+    assert dose_grid(0) == [] and dose_grid(1) == [1] and dose_grid(3, 6) == [1, 2, 3]
+    g = dose_grid(357, 6)
+    assert g[0] == 1 and g[-1] == 357 and len(g) <= 6 and g == sorted(set(g))
+    ratios = np.diff(np.log(g))
+    assert ratios.max() / ratios.min() < 1.5  # evenly spaced in log k
+
+
+def test_dose_controls_match_the_top_k_layers_and_never_draw_a_pan():
+    cand = pd.DataFrame({"layer": ["a"] * 10 + ["b"] * 10, "order": [0] * 10 + [1] * 10,
+                         "channel": list(range(10)) * 2})
+    pans = pd.DataFrame({"layer": ["a", "a", "b", "b", "b"], "order": [0, 0, 1, 1, 1],
+                         "channel": [0, 1, 0, 1, 2], "score": [9.0, 3.0, 8.0, 7.0, 4.0]})
+    conds, used = dose_conditions(pans, cand, {}, [1, 3, 5], n_draws=2, seed=0)
+    pan_set = set(zip(pans["layer"], pans["channel"]))
+    assert [c.name for c in conds[:1]] == ["intact"]
+    for k in (1, 3, 5):
+        mine = [c for c in conds if c.k == k]
+        assert sorted({c.name for c in mine}) == ["pans_border", "pans_mean", "random_border",
+                                                   "random_mean"]
+        assert all(c.n_ablated == k for c in mine)
+    top3 = top_pans(pans, 3)
+    assert list(top3["score"]) == [9.0, 8.0, 7.0]
+    drawn = used.iloc[len(top3):]  # channels used by the random controls are never PANs
+    assert not set(zip(used["layer"], used["channel"])) - pan_set - set(
+        zip(cand["layer"], cand["channel"]))
+    controls = random_controls(cand, top3, 4, 1, exclude=pans)
+    assert not set(zip(controls["layer"], controls["channel"])) & pan_set
+    per_layer = controls.groupby(["draw", "layer"]).size().unstack()
+    assert (per_layer["a"] == 1).all() and (per_layer["b"] == 2).all()
+    assert len(drawn)
+
+
+def test_dose_summary_gap_is_control_minus_pans():
+    rows = [("m", 2, "pans_mean", 0, 0.5), ("m", 2, "random_mean", 0, 0.8),
+            ("m", 2, "random_mean", 1, 0.9), ("m", 2, "pans_border", 0, 0.7),
+            ("m", 2, "random_border", 0, 0.7), ("m", 2, "random_border", 1, 0.7)]
+    dose = pd.DataFrame(rows, columns=["model", "k", "condition", "draw", "agreement"]).assign(
+        kl=0.1)
+    s = dose_summary(dose).set_index("how")
+    assert s.loc["mean", "gap"] == pytest.approx(0.85 - 0.5)
+    assert s.loc["border", "gap"] == pytest.approx(0.0)
+    assert np.isnan(s.loc["border", "gap_in_sd"])  # no spread: no gap in sd
+
+
+def test_interior_means_from_the_scan_equal_a_separate_pass(images):
+    from pan_utils import scan
+
+    net = small_net()
+    scores = scan(net, images, progress=False)
+    got = interior_means_from_scores(scores)
+    want = interior_means(net, got[["layer", "channel"]], images)
+    np.testing.assert_allclose(got["interior_mean"], want["interior_mean"], rtol=1e-6,
+                               atol=1e-7)

@@ -178,7 +178,7 @@ class _Accumulator:
         n_ch, n_reg = site.module.out_channels, len(REGIONS)
         sign = site.bn_sign.numpy() if site.bn_sign is not None else np.ones(n_ch)
         mean_t, d, consistency = (np.full((n_ch, n_reg), np.nan) for _ in "123")
-        sigma = np.full(n_ch, np.nan)
+        sigma, mean_int = np.full(n_ch, np.nan), np.full(n_ch, np.nan)
         keep = list(self.regions)
         if self.sum_t is not None:
             n_pos_int = self.n_interior * self.n_images
@@ -202,7 +202,8 @@ class _Accumulator:
             "side": np.repeat(REGIONS, n_ch), "applicable": np.repeat(applicable, n_ch),
             "band_positions": np.repeat(self.region_sizes, n_ch),
             "mean_contrast": (mean_t * sign[:, None]).T.ravel(),
-            "sigma_interior": np.tile(sigma, n_reg), "d": d.T.ravel(),
+            "sigma_interior": np.tile(sigma, n_reg), "mean_interior": np.tile(mean_int, n_reg),
+            "d": d.T.ravel(),
             "consistency": consistency.T.ravel(),
             "bn_sign": np.tile(sign.astype(int), n_reg), "n_images": self.n_images,
         })
@@ -254,8 +255,8 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
 
     Returns:
         One row per (mode, layer, channel, side/corner). Columns: layer, order, depth,
-        mode, channel, side, applicable, band_positions, mean_contrast, sigma_interior, d
-        (BatchNorm sign folded in), consistency, bn_sign, n_images. With ``per_image``,
+        mode, channel, side, applicable, band_positions, mean_contrast, sigma_interior,
+        mean_interior (the raw conv output's interior mean), d (BatchNorm sign folded in), consistency, bn_sign, n_images. With ``per_image``,
         ``(scores, PerImageStats)``.
 
     Example:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.ablate import AblationError, ablate, channel_pairs, interior_means
+from ..engine.ablate import HOWS, AblationError, ablate, channel_pairs
 from ..engine.hooks import eval_mode
 from ..engine.models import Preprocessing, device_of, load_model
 from ..engine.policy import padding_policy
@@ -59,12 +59,13 @@ def first_images(images, n: int, batch_size: int = 64) -> torch.Tensor:
 
 
 def random_controls(scores_or_candidates: pd.DataFrame, pans: pd.DataFrame, n_draws: int,
-                    seed: int = 0) -> pd.DataFrame:
+                    seed: int = 0, exclude: pd.DataFrame | None = None) -> pd.DataFrame:
     """Random non-PAN channels, per draw as many from each layer as that layer has PANs.
 
     ``scores_or_candidates``: a score table (or any table with layer, channel) listing
-    the channels that may be drawn. Returns draw, layer, channel; deterministic in
-    ``seed``. A layer with fewer non-PAN channels than PANs gives all it has.
+    the channels that may be drawn; ``exclude``: channels never drawn (default: ``pans``).
+    Returns draw, layer, channel; deterministic in ``seed``. A layer with fewer eligible
+    channels than PANs gives all it has.
     """
     cols = ["draw", "layer", "channel"]
     cand = scores_or_candidates[["layer", "channel"]].drop_duplicates()
@@ -74,7 +75,7 @@ def random_controls(scores_or_candidates: pd.DataFrame, pans: pd.DataFrame, n_dr
         order = {}
     if pans is None or len(pans) == 0 or n_draws < 1:
         return pd.DataFrame(columns=cols).astype({"draw": int, "channel": int})
-    pan_set = set(channel_pairs(pans))
+    pan_set = set(channel_pairs(pans if exclude is None else exclude))
     need = pans.groupby("layer").size().to_dict()
     layers = sorted(need, key=lambda layer: (order.get(layer, math.inf), layer))
     pool = {layer: np.sort(np.array([c for c in cand.loc[cand["layer"] == layer, "channel"]
@@ -101,19 +102,32 @@ class Condition:
     draw: int
     n_ablated: int
     enter: Callable[[nn.Module], ContextManager]
+    k: int | None = None  # dose-response: the number of top PANs (or random channels)
+
+
+def ablation_conditions(pans: pd.DataFrame, means, controls: pd.DataFrame | None,
+                        k: int | None = None) -> list[Condition]:
+    """PANs mean- and border-ablated, and the random control (one per draw) ablated the
+    same two ways: the matched comparison of docs/METHOD.md §7.2."""
+    n = len(channel_pairs(pans)) if len(pans) else 0
+    conds = []
+    for how in HOWS:
+        conds.append(Condition(f"pans_{how}", 0, n,
+                               lambda m, how=how: ablate(m, pans, how, means), k))
+    if controls is not None and len(controls):
+        for how in HOWS:
+            for draw, g in controls.groupby("draw", sort=True):
+                conds.append(Condition(f"random_{how}", int(draw), len(g),
+                                       lambda m, g=g, how=how: ablate(m, g, how, means), k))
+    return conds
 
 
 def standard_conditions(pans: pd.DataFrame, means, controls: pd.DataFrame | None = None,
                         padding_modes: Sequence[str] = PADDING_SWAPS) -> list[Condition]:
-    """intact, pans_mean, pans_border, random_mean (one per draw), padding_<mode>."""
-    n = len(channel_pairs(pans)) if len(pans) else 0
+    """intact, pans_mean, pans_border, random_mean and random_border (one per draw),
+    padding_<mode>."""
     conds = [Condition("intact", 0, 0, lambda m: nullcontext(m)),
-             Condition("pans_mean", 0, n, lambda m: ablate(m, pans, "mean", means)),
-             Condition("pans_border", 0, n, lambda m: ablate(m, pans, "border", means))]
-    if controls is not None and len(controls):
-        for draw, g in controls.groupby("draw", sort=True):
-            conds.append(Condition("random_mean", int(draw), len(g),
-                                   lambda m, g=g: ablate(m, g, "mean", means)))
+             *ablation_conditions(pans, means, controls)]
     for mode in padding_modes:
         conds.append(Condition(f"padding_{mode}", 0, 0,
                                lambda m, mode=mode: padding_policy(m, mode)))
@@ -184,6 +198,8 @@ def evaluate_conditions(model: nn.Module, images, conditions: Sequence[Condition
         "draw": [c.draw for c in conditions], "n_images": n, "agreement": agree / n,
         "kl": kl / n, "accuracy": acc, "accuracy_change": acc - acc[0],
         "n_ablated": [c.n_ablated for c in conditions]})
+    if any(c.k is not None for c in conditions):
+        ablation.insert(3, "k", [c.k if c.k is not None else 0 for c in conditions])
     names = list(class_names or [])
     frames = []
     for i, cond in enumerate(conditions[1:], start=1):
@@ -198,6 +214,61 @@ def evaluate_conditions(model: nn.Module, images, conditions: Sequence[Condition
             "count_condition", "shift"]
     shift = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
     return ablation, shift
+
+
+# --------------------------------------------------------------------------- dose-response
+
+
+def dose_grid(n_pans: int, points: int = 6) -> list[int]:
+    """k on a log grid from 1 to ``n_pans`` (both included), at most ``points`` values."""
+    if n_pans < 1:
+        return []
+    return sorted({int(round(v)) for v in np.geomspace(1, n_pans, num=min(points, n_pans))})
+
+
+def top_pans(pans: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The ``k`` PANs with the largest score (ties broken by layer order and channel)."""
+    return pans.sort_values(["score", "order", "channel"], ascending=[False, True, True],
+                            kind="stable").head(k)
+
+
+def dose_conditions(pans: pd.DataFrame, candidates: pd.DataFrame, means, ks: Sequence[int],
+                    n_draws: int, seed: int = 0) -> tuple[list[Condition], pd.DataFrame]:
+    """For each k: the top-k PANs and ``n_draws`` draws of k random non-PAN channels of
+    the same layers (as many per layer as the top-k have), each mean- and
+    border-ablated. Returns the conditions and every channel they ablate (for means)."""
+    conds, used = [Condition("intact", 0, 0, lambda m: nullcontext(m))], []
+    for i, k in enumerate(ks):
+        top = top_pans(pans, k)
+        controls = random_controls(candidates, top, n_draws, seed + 1000 * (i + 1),
+                                   exclude=pans)
+        conds += ablation_conditions(top, means, controls, k)
+        used += [top[["layer", "channel"]], controls[["layer", "channel"]]]
+    return conds, (pd.concat(used, ignore_index=True) if used
+                   else pd.DataFrame(columns=["layer", "channel"]))
+
+
+def dose_summary(dose: pd.DataFrame) -> pd.DataFrame:
+    """Per model, k and ablation (mean, border): PANs' agreement and KL against the random
+    control's mean and sd over draws, and the gap (control agreement minus PANs'
+    agreement: positive when removing PANs changes more predictions than removing as
+    many random channels of the same layers)."""
+    d = dose[dose["condition"] != "intact"].copy()
+    d["how"] = d["condition"].str.split("_").str[1]
+    d["what"] = d["condition"].str.split("_").str[0]
+    g = d.groupby(["model", "k", "how", "what"])
+    s = g.agg(agreement=("agreement", "mean"), agreement_sd=("agreement", "std"),
+              kl=("kl", "mean"), kl_sd=("kl", "std"), draws=("draw", "size")).reset_index()
+    wide = s.pivot_table(index=["model", "k", "how"], columns="what",
+                         values=["agreement", "agreement_sd", "kl", "kl_sd", "draws"])
+    wide.columns = [f"{a}_{b}" for a, b in wide.columns]
+    out = wide.reset_index()
+    out["gap"] = out["agreement_random"] - out["agreement_pans"]
+    out["gap_in_sd"] = out["gap"] / out["agreement_sd_random"].where(
+        out["agreement_sd_random"] > 0)
+    cols = ["model", "k", "how", "agreement_pans", "agreement_random", "agreement_sd_random",
+            "kl_pans", "kl_random", "kl_sd_random", "draws_random", "gap", "gap_in_sd"]
+    return out[cols].sort_values(["model", "how", "k"], ignore_index=True)
 
 
 # --------------------------------------------------------------------------- placement
@@ -304,9 +375,11 @@ def study_model(model_name: str, settings: Settings, *, n_placement: int = 64,
                 placement_scale: float = 0.5, progress: bool = True) -> dict[str, pd.DataFrame]:
     """All chapter-3 tables of one model: find its PANs once on the scan set, draw the
     random controls, then evaluate every condition on the evaluation set and on shrunk
-    evaluation crops placed at the centre or in a corner.
+    evaluation crops placed at the centre or in a corner, and the dose-response (top-k
+    PANs against k random channels of the same layers) on the first ``n_dose`` images.
 
-    Returns pans, ablation, class_shift and placement tables (each with ``model``).
+    Returns pans, ablation, class_shift, placement and dose_response tables (each with
+    ``model``).
     """
     loaded = load_model(model_name)
     device = torch.device(settings.device)
@@ -322,11 +395,9 @@ def study_model(model_name: str, settings: Settings, *, n_placement: int = 64,
     pans, scores = find_pans(model, scan_x, settings.tau, settings.consistency,
                              batch_size=bs, device=device, progress=progress,
                              return_scores=True)
-    controls = random_controls(scores[scores["mode"] == "native"], pans,
-                               int(settings.n_random_draws), seed)
-    needed = pd.concat([pans[["layer", "channel"]], controls[["layer", "channel"]]])
-    means = interior_means(model, needed, scan_x, batch_size=bs, device=device,
-                           progress=progress)
+    native = scores[scores["mode"] == "native"]
+    controls = random_controls(native, pans, int(settings.n_random_draws), seed)
+    means = interior_means_from_scores(scores)
     conditions = standard_conditions(pans, means, controls)
     ev = eval_images(p, settings, size)
     ablation, shift = evaluate_conditions(model, ev, conditions, model_name=model_name,
@@ -335,5 +406,19 @@ def study_model(model_name: str, settings: Settings, *, n_placement: int = 64,
     placement = placement_agreement(model, first_images(ev, n_placement), conditions,
                                     scale=placement_scale, model_name=model_name,
                                     batch_size=bs, device=device, progress=progress)
+    dose_conds, _ = dose_conditions(pans, native, means,
+                                    dose_grid(len(pans), settings.dose_points),
+                                    settings.dose_draws, seed)
+    dose, _ = evaluate_conditions(model, first_images(ev, settings.n_dose), dose_conds,
+                                  model_name=model_name, batch_size=bs, device=device,
+                                  progress=progress)
     return {"pans": pans.assign(model=model_name), "ablation": ablation,
-            "class_shift": shift, "placement": placement}
+            "class_shift": shift, "placement": placement, "dose_response": dose}
+
+
+def interior_means_from_scores(scores: pd.DataFrame) -> pd.DataFrame:
+    """Each scanned channel's interior mean on the scan set, as the scan measured it
+    (``mean_interior``): the replacement value of an ablation, with no further pass."""
+    native = scores[(scores["mode"] == "native") & scores["mean_interior"].notna()]
+    return (native.drop_duplicates(["layer", "channel"])[["layer", "channel", "mean_interior"]]
+            .rename(columns={"mean_interior": "interior_mean"}).reset_index(drop=True))

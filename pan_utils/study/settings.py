@@ -43,6 +43,9 @@ class Settings:
     seed: int = 0
     baseline_seeds: int = 3  # random-init baselines (BatchNorm recalibrated), one per seed
     n_boot: int = 200  # bootstrap resamples of the probe images for a count's interval
+    n_dose: int = 64  # evaluation images of the dose-response (first of the set)
+    dose_points: int = 6  # values of k on the log grid, 1 .. all PANs
+    dose_draws: int = 3  # random-control draws per k
     n_placement: int = 64  # evaluation images placed at the centre / in a corner
     placement_scale: float = 0.5
 
@@ -75,7 +78,8 @@ PROFILES: dict[str, Settings] = {
     # seconds per notebook, for the tests; below ~128 px the deepest maps have almost
     # no interior
     "smoke": Settings("smoke", ("mobilenet_v2",), n_images=16, n_eval=16, batch_size=16,
-                      n_random_draws=2, image_size=128, **_TRAIN_SMALL),
+                      n_random_draws=2, image_size=128, n_dose=16, dose_points=3,
+                      dose_draws=2, **_TRAIN_SMALL),
     # the offline study committed in results/
     "default": Settings("default", ("mobilenet_v2", "efficientnet_lite0"), n_images=256,
                         n_eval=256, batch_size=32, n_random_draws=5,
