@@ -70,3 +70,55 @@ def test_class_shift_counts_sum_to_n_images(tables):
     assert (shift["shift"] == shift["count_condition"] - shift["count_intact"]).all()
     assert set(shift["condition"]) == CONDITIONS - {"intact"} or "random_mean" not in set(
         shift["condition"])
+
+
+# --------------------------------------------------------------------------- claims
+
+
+@pytest.fixture(scope="module")
+def claims(smoke_results):
+    from pan_utils.study.results import read_claims
+
+    return read_claims(smoke_results).get("03_ablation")
+
+
+def test_claims_recorded_per_model(claims, tables):
+    assert claims, "notebook 03 recorded no claims"
+    assert set(claims) == set(tables["ablation"]["model"])
+
+
+def test_claims_equal_values_recomputed_from_tables(claims, tables):
+    abl = tables["ablation"]
+    for model, c in claims.items():
+        g = abl[abl["model"] == model]
+        expected = g[g["condition"] != "intact"].groupby("condition")["agreement"].mean()
+        assert set(c["agreement"]) == set(expected.index)
+        for cond, value in c["agreement"].items():
+            assert value == pytest.approx(expected[cond], abs=1e-9)
+        rnd = g.loc[g["condition"] == "random_mean", "agreement"]
+        assert c["random_draws"] == len(rnd)
+        if len(rnd):
+            assert c["random_control_mean"] == pytest.approx(rnd.mean(), abs=1e-9)
+            assert c["random_control_mean"] == pytest.approx(c["agreement"]["random_mean"],
+                                                             abs=1e-9)
+        sd = rnd.std(ddof=1) if len(rnd) > 1 else 0.0
+        assert c["random_control_sd"] == pytest.approx(sd, abs=1e-9)
+        assert c["n_eval_images"] == int(g["n_images"].iloc[0])
+        assert c["n_pans"] == int(g.loc[g["condition"] == "pans_mean", "n_ablated"].max())
+        # the summary table agrees with the claims up to its 6 significant digits
+        s = tables["ablation_summary"]
+        s = s[s["model"] == model].set_index("condition")
+        for cond, value in c["agreement"].items():
+            assert value == pytest.approx(s.loc[cond, "agreement"], abs=1e-5)
+
+
+def test_claims_in_range(claims):
+    for c in claims.values():
+        agreement = c["agreement"]
+        assert "intact" not in agreement or agreement["intact"] == 1.0
+        assert all(0.0 <= v <= 1.0 for v in agreement.values())
+        assert {"pans_mean", "pans_border", "padding_reflect"} <= set(agreement)
+        if c["random_draws"]:
+            assert 0.0 <= c["random_control_mean"] <= 1.0
+        assert 0.0 <= c["random_control_sd"] <= 1.0
+        assert c["n_eval_images"] == PROFILES["smoke"].n_eval and c["n_pans"] >= 0

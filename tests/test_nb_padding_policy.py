@@ -59,3 +59,55 @@ def test_summary_and_figures_written(smoke_results):
     assert len(summary) == len(TASKS) * len(POLICIES)
     for fig in ("padding_policy_accuracy", "padding_policy_pan_fraction"):
         assert (smoke_results / "figures" / f"{fig}.png").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- claims
+
+
+@pytest.fixture(scope="module")
+def claims(smoke_results):
+    from pan_utils.study.results import read_claims
+
+    return read_claims(smoke_results).get("04_padding_policy")
+
+
+def test_claims_cover_every_task_and_policy(claims):
+    assert claims, "notebook 04 recorded no claims"
+    assert set(claims) == set(TASKS)
+    for per_policy in claims.values():
+        assert set(per_policy) == set(POLICIES)
+
+
+def test_claims_equal_values_recomputed_from_tables(claims, table):
+    for (task, policy), g in table.groupby(["task", "policy"]):
+        c = claims[task][policy]
+        assert c["seeds"] == g["seed"].nunique()
+        assert c["accuracy_mean"] == pytest.approx(g["test_accuracy"].mean(), abs=1e-9)
+        sd = g["test_accuracy"].std(ddof=1) if len(g) > 1 else 0.0
+        assert c["accuracy_sd"] == pytest.approx(sd, abs=1e-9)
+        assert c["chance"] == pytest.approx(g["chance"].iloc[0], abs=1e-9)
+        assert c["pans_mean"] == pytest.approx(g["pans"].mean(), abs=1e-9)
+        assert c["pans_half_tau_mean"] == pytest.approx(g["pans_half_tau"].mean(), abs=1e-9)
+        assert c["max_abs_d_mean"] == pytest.approx(g["max_abs_d"].mean(), abs=1e-9)
+
+
+def test_claims_agree_with_summary_table(claims, smoke_results):
+    summary = read_table(smoke_results, "padding_policy_summary")
+    for r in summary.itertuples():
+        c = claims[r.task][r.policy]
+        # the summary csv keeps 6 significant digits
+        assert c["accuracy_mean"] == pytest.approx(r.accuracy_mean, abs=1e-5)
+        assert c["pans_mean"] == pytest.approx(r.pans_mean, abs=1e-5)
+        assert c["pans_half_tau_mean"] == pytest.approx(r.pans_half_tau_mean, abs=1e-5)
+
+
+def test_claims_in_range(claims):
+    for task, per_policy in claims.items():
+        for policy, c in per_policy.items():
+            assert 0.0 <= c["accuracy_mean"] <= 1.0 and 0.0 <= c["accuracy_sd"] <= 1.0
+            assert 0.0 < c["chance"] < 1.0
+            assert c["pans_mean"] >= 0
+            assert c["pans_half_tau_mean"] >= 0 and c["max_abs_d_mean"] >= 0
+            if policy in ("valid", "circular"):
+                assert c["pans_mean"] == 0
+    assert claims["location"]["zeros"]["chance"] == pytest.approx(0.25)

@@ -243,47 +243,105 @@ def uneven_bands(layers: pd.DataFrame, models=None) -> plt.Figure:
 ABLATION_ORDER = ("pans_mean", "random_mean", "pans_border", "padding_reflect",
                   "padding_replicate", "padding_circular")
 
+#: Readable names of the ablation conditions, shared by every chapter-3 figure.
+CONDITION_LABELS = {
+    "intact": "intact model",
+    "pans_mean": "PANs, mean-ablated",
+    "random_mean": "random channels, mean-ablated (control)",
+    "pans_border": "PANs, border-ablated",
+    "padding_reflect": "padding → reflect",
+    "padding_replicate": "padding → replicate",
+    "padding_circular": "padding → circular",
+}
+
+#: Colour-blind-safe palette of every chapter-3/4 figure.
+PALETTE = sns.color_palette("colorblind")
+
+
+def condition_label(condition: str) -> str:
+    """The readable name of an ablation condition (the identifier, spaced, if unknown)."""
+    return CONDITION_LABELS.get(condition, str(condition).replace("_", " "))
+
+
+def _condition_order(conditions) -> list[str]:
+    present = set(conditions) - {"intact"}
+    order = [c for c in ABLATION_ORDER if c in present]
+    return order + sorted(present - set(order))
+
+
+def _wrap(text: str, width: int = 22) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(text), width)) or str(text)
+
+
+def _grouped_hbars(ax, df: pd.DataFrame, value: str, hue: str, order: list[str],
+                   hues: list, colors: dict, fmt: str = "{:.2f}", xmax: float | None = None,
+                   label=str) -> None:
+    """Horizontal bars, one group per condition (y) and one bar per ``hue`` value: the mean
+    over draws, a whisker for the sd where there are several draws, a marker at the mean
+    (so a bar of height 0 stays visible) and its value written next to it."""
+    stats = df.groupby(["condition", hue], sort=False)[value].agg(["mean", "std", "size"])
+    height = 0.8 / max(len(hues), 1)
+    top = max(float((stats["mean"] + stats["std"].fillna(0)).max()), 1e-9)
+    xmax = xmax if xmax is not None else top * 1.25
+    for j, h in enumerate(hues):
+        ys, means, sds = [], [], []
+        for i, cond in enumerate(order):
+            if (cond, h) not in stats.index:
+                continue
+            s = stats.loc[(cond, h)]
+            ys.append(i - 0.4 + height * (j + 0.5))
+            means.append(float(s["mean"]))
+            sds.append(float(s["std"]) if s["size"] > 1 else 0.0)
+        ys, means, sds = map(np.asarray, (ys, means, sds))
+        ax.barh(ys, means, height=height * 0.9, color=colors[h], label=label(h))
+        ax.scatter(means, ys, marker="D", s=18, color=colors[h], edgecolor="k", lw=0.8,
+                   zorder=4, clip_on=False)
+        multi = sds > 0
+        if multi.any():
+            ax.errorbar(means[multi], ys[multi], xerr=sds[multi], fmt="none", ecolor="k",
+                        elinewidth=1, capsize=3)
+        for y, m, s in zip(ys, means, sds):
+            ax.text(m + s + xmax * 0.015, y, fmt.format(m), va="center", fontsize=7)
+    ax.set_yticks(range(len(order)), [condition_label(c) for c in order])
+    ax.set_ylim(len(order) - 0.5, -0.5)
+    ax.set_xlim(0, xmax)
+    ax.grid(axis="y", visible=False)
+
+
+def _draws_note(df: pd.DataFrame) -> str:
+    n = df.loc[df["condition"] == "random_mean", "draw"].nunique()
+    return (f"bars: mean; whiskers: sd over {n} random draws" if n > 1
+            else "one draw per condition")
+
+
+def _n_images_note(df: pd.DataFrame, what: str) -> str:
+    n = sorted(set(int(v) for v in df["n_images"].dropna()))
+    return f"n = {' / '.join(map(str, n))} {what}" if n else ""
+
 
 def ablation_effects(ablation: pd.DataFrame) -> plt.Figure:
-    """Agreement with the intact model and KL(intact || condition) per condition and model;
-    bars are means over draws, error bars their sd (the random-control spread)."""
+    """Top-1 agreement with the intact model and KL(intact || condition) per condition
+    (readable names) and model: bars are means over draws, whiskers the sd of the random
+    control; every bar carries its value, and a tick marks it even when it is 0."""
     df = ablation[ablation["condition"] != "intact"]
-    order = [c for c in ABLATION_ORDER if c in set(df["condition"])]
-    order += sorted(set(df["condition"]) - set(order))
-    long = df.melt(id_vars=["model", "condition", "draw"], value_vars=["agreement", "kl"],
-                   var_name="metric", value_name="value")
-    g = sns.catplot(data=long, x="value", y="condition", hue="model", col="metric",
-                    kind="bar", order=order, errorbar="sd", height=3.4, aspect=1.25,
-                    sharex=False, capsize=0.2)
-    g.axes.flat[0].set_xlim(0, 1)
-    g.axes.flat[0].set_xlabel("top-1 agreement with intact")
-    g.axes.flat[1].set_xlabel("mean KL(intact || condition)")
-    g.set_titles("")
-    for ax in g.axes.flat:
-        ax.set_ylabel("")
-    return g.figure
-
-
-def class_biases(biases: pd.DataFrame, conditions=("pans_mean", "padding_reflect",
-                                                   "padding_circular")) -> plt.Figure:
-    """The classes that gain and lose the most predictions, per model (rows) and
-    condition (columns): the characteristic biases of removing PANs or swapping padding."""
-    df = biases[biases["condition"].isin(conditions)]
-    conds = [c for c in conditions if c in set(df["condition"])]
+    order = _condition_order(df["condition"])
     models = list(dict.fromkeys(df["model"]))
-    fig, axes = plt.subplots(max(len(models), 1), max(len(conds), 1),
-                             figsize=(3.6 * max(len(conds), 1), 2.8 * max(len(models), 1)),
-                             squeeze=False)
-    for r, model in enumerate(models):
-        for c, cond in enumerate(conds):
-            ax = axes[r, c]
-            sub = df[(df["model"] == model) & (df["condition"] == cond)].sort_values("shift")
-            colors = np.where(sub["shift"] > 0, "tab:green", "tab:red")
-            ax.barh([str(n)[:22] for n in sub["class_name"]], sub["shift"], color=colors)
-            ax.axvline(0, color="grey", lw=1)
-            ax.set_title(f"{model}\n{cond}", fontsize=9)
-            ax.tick_params(axis="y", labelsize=7)
-            ax.set_xlabel("Δ predicted images")
+    colors = dict(zip(models, PALETTE))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.32 * len(order) * max(len(models), 1)),
+                             sharey=True)
+    _grouped_hbars(axes[0], df, "agreement", "model", order, models, colors, fmt="{:.2f}",
+                   xmax=1.12)
+    axes[0].set_xticks(np.linspace(0, 1, 6))
+    axes[0].set_xlabel("top-1 agreement with intact (1 = unchanged)")
+    _grouped_hbars(axes[1], df, "kl", "model", order, models, colors, fmt="{:.2f}")
+    axes[1].set_xlabel("mean KL(intact ‖ condition) (0 = unchanged)")
+    axes[1].tick_params(axis="y", left=False)
+    axes[1].legend(title="model", loc="lower right", fontsize=8, title_fontsize=8)
+    fig.suptitle(f"Ablations and padding swaps vs the intact model — "
+                 f"{_n_images_note(df, 'evaluation images per model')}; {_draws_note(df)}",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -292,67 +350,199 @@ def placement_agreement(placement: pd.DataFrame) -> plt.Figure:
     """Agreement with the intact model when the (shrunk) evidence sits at the centre of
     a grey canvas or in a corner, per condition and model (mean ± sd over draws)."""
     df = placement[placement["condition"] != "intact"]
-    order = [c for c in ABLATION_ORDER if c in set(df["condition"])]
-    order += sorted(set(df["condition"]) - set(order))
-    g = sns.catplot(data=df, x="agreement", y="condition", hue="placement", col="model",
-                    kind="bar", order=order, errorbar="sd", height=3.4, aspect=1.2,
-                    capsize=0.2)
-    g.set(xlim=(0, 1))
-    g.set_axis_labels("top-1 agreement with intact", "")
-    return g.figure
+    order = _condition_order(df["condition"])
+    models = list(dict.fromkeys(df["model"]))
+    places = [p for p in ("centre", "corner") if p in set(df["placement"])]
+    places += sorted(set(df["placement"]) - set(places))
+    colors = dict(zip(places, PALETTE[2:] + PALETTE[:2]))
+    n = max(len(models), 1)
+    fig, axes = plt.subplots(1, n, figsize=(5.6 * n, 1.2 + 0.32 * len(order) * len(places)),
+                             sharey=True, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        _grouped_hbars(ax, df[df["model"] == model], "agreement", "placement", order, places,
+                       colors, xmax=1.12,
+                       label=lambda p: f"evidence at the {p}")
+        ax.set_xticks(np.linspace(0, 1, 6))
+        ax.set_title(model, fontsize=10)
+        ax.set_xlabel("top-1 agreement with the intact model")
+    axes[0, -1].legend(loc="lower right", fontsize=8)
+    note = _n_images_note(df, "placed images per placement") if "n_images" in df else ""
+    fig.suptitle(f"Shrunk crops on a grey canvas, at the centre or in a corner — "
+                 f"{note}; {_draws_note(df)}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def class_biases(biases: pd.DataFrame, conditions=("pans_mean", "padding_reflect",
+                                                   "padding_circular"),
+                 n_images: int | dict | None = None) -> plt.Figure:
+    """The classes that gain and lose the most predictions, per model (rows) and
+    condition (columns): the characteristic biases of removing PANs or swapping padding.
+    ``n_images`` (one number, or one per model) is the denominator of the counts."""
+    df = biases[biases["condition"].isin(conditions)]
+    conds = [c for c in conditions if c in set(df["condition"])]
+    models = list(dict.fromkeys(df["model"]))
+    nrow, ncol = max(len(models), 1), max(len(conds), 1)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 4.0 * nrow), squeeze=False)
+    gain, loss = PALETTE[0], PALETTE[3]
+    for r, model in enumerate(models):
+        n = n_images.get(model) if isinstance(n_images, dict) else n_images
+        for c, cond in enumerate(conds):
+            ax = axes[r, c]
+            sub = df[(df["model"] == model) & (df["condition"] == cond)].sort_values("shift")
+            names = [_wrap(n_, 24) for n_ in sub["class_name"]]
+            ys = np.arange(len(sub))
+            ax.barh(ys, sub["shift"], color=[gain if s > 0 else loss for s in sub["shift"]])
+            ax.plot(sub["shift"], ys, "|", color="k", ms=8)
+            lim = float(sub["shift"].abs().max()) if len(sub) else 1.0
+            for y, s in zip(ys, sub["shift"]):
+                ax.text(s + np.sign(s or 1) * lim * 0.04, y, f"{s:+g}", va="center",
+                        ha="left" if s >= 0 else "right", fontsize=7)
+            ax.set_yticks(ys, names, fontsize=7)
+            ax.set_xlim(-lim * 1.3, lim * 1.3)
+            ax.axvline(0, color="grey", lw=1)
+            ax.grid(axis="y", visible=False)
+            if not len(sub):
+                ax.text(0.5, 0.5, "no class changes", transform=ax.transAxes, ha="center")
+            ax.set_title(f"{model}: {condition_label(cond)}", fontsize=9)
+            ax.set_xlabel(f"Δ predictions (of {n} images)" if n else "Δ predictions",
+                          fontsize=9)
+    fig.suptitle("Classes gaining (blue) and losing (vermilion) the most top-1 predictions "
+                 "vs the intact model", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 # ---------------------------------------------------------------- 04 padding policy
 
 
+def _policy_colors(policies) -> dict:
+    return dict(zip(policies, PALETTE))
+
+
 def policy_accuracy(table: pd.DataFrame, policies=None) -> plt.Figure:
-    """Test accuracy per padding policy and task: seeds as points, mean ± std as bars,
-    chance as a dashed line (one panel per task)."""
+    """Test accuracy per padding policy and task: seeds as points, mean ± sd as bars,
+    chance as a labelled dashed line (one panel per task)."""
     policies = list(policies or table["policy"].drop_duplicates())
     tasks = list(table["task"].drop_duplicates())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    colors = _policy_colors(policies)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         d = table[table["task"] == task]
         sns.barplot(data=d, x="policy", y="test_accuracy", order=policies, errorbar="sd",
-                    color="#9ecae1", ax=ax, capsize=0.15)
+                    hue="policy", palette=colors, legend=False, alpha=0.55, ax=ax,
+                    capsize=0.15, err_kws={"linewidth": 1.2})
         sns.stripplot(data=d, x="policy", y="test_accuracy", order=policies, color="k",
-                      size=4, ax=ax)
-        ax.axhline(float(d["chance"].iloc[0]), color="crimson", ls="--", lw=1, label="chance")
-        ax.set(title=f"{task} task", xlabel="padding", ylabel="test accuracy", ylim=(0, 1.02))
-        ax.legend(loc="lower left", fontsize=8)
+                      size=4, ax=ax, jitter=0.15)
+        chance = float(d["chance"].iloc[0])
+        ax.axhline(chance, color="k", ls="--", lw=1)
+        ax.text(len(policies) - 0.5, chance + 0.015, f"chance = {chance:.2f}", ha="right",
+                va="bottom", fontsize=8,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1, "alpha": 0.8})
+        n_seeds = d["seed"].nunique()
+        n_test = f", {int(d['n_test'].iloc[0])} test images" if "n_test" in d else ""
+        ax.set(title=f"{task} task ({n_seeds} seed{'s' if n_seeds != 1 else ''}{n_test})", xlabel="padding policy",
+               ylabel="test accuracy", ylim=(0, 1.08))
+    fig.suptitle("Accuracy per padding policy: bars mean, whiskers ± sd, dots seeds",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def policy_pan_fraction(table: pd.DataFrame, policies=None) -> plt.Figure:
-    """PAN fraction (PANs / candidate channels) per padding policy, hue = task."""
+def policy_pan_fraction(table: pd.DataFrame, policies=None, tau: float | None = None
+                        ) -> plt.Figure:
+    """PANs per net at tau and at tau/2, per padding policy (x) and task (panels): one dot
+    per seed, a bar for the mean (no error bars; counts cannot go below 0)."""
     policies = list(policies or table["policy"].drop_duplicates())
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    sns.barplot(data=table, x="policy", y="pan_fraction", hue="task", order=policies,
-                errorbar="sd", capsize=0.1, ax=ax)
-    ax.set(xlabel="padding", ylabel="PANs / candidate channels")
+    tasks = list(table["task"].drop_duplicates())
+    t = f"{tau:g}" if tau is not None else "tau"
+    t2 = f"{tau / 2:g}" if tau is not None else "tau/2"
+    series = [("pans", f"PANs at |d| ≥ {t}", PALETTE[0], "o"),
+              ("pans_half_tau", f"same rule at |d| ≥ {t2}", PALETTE[1], "D")]
+    ymax = max(float(table[[c for c, *_ in series]].to_numpy().max()), 1.0)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False,
+                             sharey=True)
+    rng = np.random.default_rng(0)
+    for ax, task in zip(axes[0], tasks):
+        d = table[table["task"] == task]
+        for k, (col, label, color, marker) in enumerate(series):
+            off = (k - 0.5) * 0.36
+            for i, pol in enumerate(policies):
+                v = d.loc[d["policy"] == pol, col].to_numpy(dtype=float)
+                if not len(v):
+                    continue
+                x = i + off + rng.uniform(-0.06, 0.06, len(v))
+                ax.scatter(x, v, color=color, marker=marker, s=22, edgecolor="k", lw=0.4,
+                           zorder=3, label=label if i == 0 else None)
+                ax.hlines(v.mean(), i + off - 0.15, i + off + 0.15, color=color, lw=2.5,
+                          zorder=2)
+                cand = d.loc[d["policy"] == pol, "candidates"]
+                if k == 0 and len(cand) and (cand == 0).all():
+                    ax.text(i, ymax * 0.1, "no padded\nconv", ha="center", fontsize=7,
+                            color="0.3")
+        n_cand = sorted(set(int(c) for c in d["candidates"] if c > 0))
+        cand_note = f" (of {'/'.join(map(str, n_cand))} candidates)" if n_cand else ""
+        ax.set_xticks(range(len(policies)), policies)
+        ax.set(title=f"{task} task", xlabel="padding policy",
+               ylabel=f"channels per net{cand_note}", ylim=(-0.06 * ymax, ymax * 1.12))
+        ax.grid(axis="x", visible=False)
+    axes[0, 0].legend(loc="upper right", fontsize=8)
+    n_seeds = table["seed"].nunique()
+    fig.suptitle(f"Border channels passing the PAN rule, per net: dots = {n_seeds} "
+                 f"seed{'s' if n_seeds != 1 else ''}, "
+                 f"line = mean", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def policy_pan_maps(maps: pd.DataFrame) -> plt.Figure:
-    """Mean activation map (over test images) of the top PANs of zero-padded nets, one
-    panel per PAN; colour scale centred on zero per panel."""
-    keys = maps[["task", "pan"]].drop_duplicates().values.tolist()
-    n = max(len(keys), 1)
-    cols = min(n, 6)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.3 * rows), squeeze=False)
+def policy_pan_maps(maps: pd.DataFrame, tau: float | None = None,
+                    seed: int | None = None) -> plt.Figure:
+    """Mean activation map (over test images) of the strongest consistent border channels
+    of the zero-padded net, one row per task with one colour scale (symmetric around 0)
+    and a colorbar; titles say whether each channel is a PAN or stays below tau."""
+    tasks = list(dict.fromkeys(maps["task"]))
+    per_task = {t: list(dict.fromkeys(maps.loc[maps["task"] == t, "pan"])) for t in tasks}
+    ncol = max([len(v) for v in per_task.values()] + [1])
+    fig, axes = plt.subplots(max(len(tasks), 1), ncol + 1, figsize=(2.0 * ncol + 0.6,
+                             3.0 * max(len(tasks), 1)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * ncol + [0.07]})
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (task, pan) in zip(axes.flat, keys):
-        d = maps[(maps["task"] == task) & (maps["pan"] == pan)]
-        m = d.pivot(index="y", columns="x", values="activation").to_numpy()
-        v = float(np.abs(m).max()) or 1.0
-        ax.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v)
-        r = d.iloc[0]
-        tag = "PAN" if str(r.get("is_pan", True)) in ("True", "1", "1.0") else "below tau"
-        ax.set_title(f"{task}: {r['layer']} c{r['channel']}\n{r['sides']} |d|={r['score']:.1f} "
-                     f"({tag})", fontsize=7)
+    is_pan = maps["is_pan"].astype(str).isin(("True", "1", "1.0"))
+    t = f"{tau:g}" if tau is not None else "tau"
+    for r, task in enumerate(tasks):
+        d_task = maps[maps["task"] == task]
+        v = float(d_task["activation"].abs().max()) or 1.0
+        im = None
+        for c, pan in enumerate(per_task[task]):
+            d = d_task[d_task["pan"] == pan]
+            m = d.pivot(index="y", columns="x", values="activation").to_numpy()
+            ax = axes[r, c]
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            im = ax.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v)
+            row = d.iloc[0]
+            tag = "PAN" if bool(is_pan[d.index[0]]) else f"below tau"
+            ax.set_title(f"{row['layer']} c{int(row['channel'])}\nside {row['sides'] or '-'}, "
+                         f"|d| = {float(row['score']):.1f} ({tag})\n{m.shape[0]}×{m.shape[1]} map",
+                         fontsize=7)
+            if c == 0:
+                ax.set_ylabel(f"{task} task", fontsize=9)
+        if im is not None:
+            cax = axes[r, ncol]
+            cax.axis("on")
+            fig.colorbar(im, cax=cax).set_label("mean activation", fontsize=7)
+            cax.tick_params(labelsize=7)
+    n_pan = int(is_pan.groupby([maps["task"], maps["pan"]]).first().sum())
+    who = f"zero-padded net{'' if seed is None else f' (seed {seed})'}"
+    if n_pan == 0:
+        head = f"Strongest consistent border channels of the {who} — none passes tau = {t}"
+    else:
+        head = (f"Strongest border channels of the {who}: {n_pan} PAN(s) at tau = {t}, "
+                f"the others below")
+    fig.suptitle(head + "\nmean over test images; one colour scale per row, centred on 0",
+                 fontsize=10)
     fig.tight_layout()
     return fig
