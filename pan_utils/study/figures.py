@@ -240,8 +240,8 @@ def uneven_bands(layers: pd.DataFrame, models=None) -> plt.Figure:
 
 # --------------------------------------------------------------------------- ablation (03)
 
-ABLATION_ORDER = ("pans_mean", "random_mean", "pans_border", "padding_reflect",
-                  "padding_replicate", "padding_circular")
+ABLATION_ORDER = ("pans_mean", "random_mean", "pans_border", "random_border",
+                  "padding_reflect", "padding_replicate", "padding_circular")
 
 #: Readable names of the ablation conditions, shared by every chapter-3 figure.
 CONDITION_LABELS = {
@@ -249,6 +249,7 @@ CONDITION_LABELS = {
     "pans_mean": "PANs, mean-ablated",
     "random_mean": "random channels, mean-ablated (control)",
     "pans_border": "PANs, border-ablated",
+    "random_border": "random channels, border-ablated (control)",
     "padding_reflect": "padding → reflect",
     "padding_replicate": "padding → replicate",
     "padding_circular": "padding → circular",
@@ -342,6 +343,38 @@ def ablation_effects(ablation: pd.DataFrame) -> plt.Figure:
     fig.suptitle(f"Ablations and padding swaps vs the intact model — "
                  f"{_n_images_note(df, 'evaluation images per model')}; {_draws_note(df)}",
                  fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def dose_response(summary: pd.DataFrame, models=None) -> plt.Figure:
+    """Top-1 agreement and KL against k, the number of ablated channels (log scale): the
+    top-k PANs by score (line) against k random channels of the same layers (mean, the
+    draws' sd shaded), for mean and border ablation; one row per model."""
+    models = _model_order(summary, models)
+    fig, axes = plt.subplots(len(models), 2, figsize=(10, 3.0 * len(models)), squeeze=False)
+    colors = {"mean": PALETTE[0], "border": PALETTE[1]}
+    for r, model in enumerate(models):
+        sub = summary[summary["model"] == model]
+        for c, (metric, label) in enumerate((("agreement", "top-1 agreement with intact"),
+                                             ("kl", "mean KL(intact ‖ ablated)"))):
+            ax = axes[r, c]
+            for how, g in sub.groupby("how", sort=False):
+                g = g.sort_values("k")
+                col = colors.get(how, PALETTE[2])
+                ax.plot(g["k"], g[f"{metric}_pans"], "o-", color=col,
+                        label=f"top-k PANs, {how}-ablated")
+                mean, sd = g[f"{metric}_random"], g[f"{metric}_sd_random"].fillna(0)
+                ax.plot(g["k"], mean, "--", color=col, label=f"k random channels, {how}")
+                ax.fill_between(g["k"], mean - sd, mean + sd, color=col, alpha=0.2, lw=0)
+            ax.set_xscale("log")
+            ax.set(xlabel="k, channels ablated (log scale)", ylabel=label,
+                   title=f"{model}: {label.split(' (')[0]}")
+            if metric == "agreement":
+                ax.set_ylim(-0.02, 1.02)
+        axes[r, 0].legend(fontsize=7, loc="lower left")
+    n = int(summary["draws_random"].max()) if "draws_random" in summary and len(summary) else 0
+    fig.suptitle(f"Dose-response: shaded, sd over {n} random draws", fontsize=10)
     fig.tight_layout()
     return fig
 
