@@ -113,6 +113,12 @@ def _ablation(results: Path) -> list[str]:
         draws = int(s.loc[cond]["draws"].max())
         lines.append(f"| {label}" + (f" ({draws} draws)" if draws > 1 else "") + " | "
                      + " | ".join(cells) + " |")
+    lines.append("")
+    ds = read_table(results, "dose_response_summary")
+    for (m, how), g in ds.groupby(["model", "how"], sort=False):
+        gaps = ", ".join(f"k={int(r.k)}: {100 * r.gap:+.1f} pts" for r in g.itertuples())
+        lines.append(f"- {m}, dose-response, {how} ablation (`dose_response_summary.csv`; gap = "
+                     f"control agreement minus PANs'): {gaps}.")
     pl = read_table(results, "placement")
     pl = pl[pl["condition"] == "pans_border"].groupby(["model", "placement"])["agreement"].mean()
     lines.append("")
