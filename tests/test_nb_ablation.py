@@ -17,13 +17,15 @@ ABLATION_COLUMNS = {"model", "condition", "draw", "n_images", "agreement", "kl",
 SHIFT_COLUMNS = {"model", "condition", "draw", "class_index", "class_name", "count_intact",
                  "count_condition", "shift"}
 PLACEMENT_COLUMNS = {"model", "placement", "condition", "agreement"}
-CONDITIONS = {"intact", "pans_mean", "pans_border", "random_mean", "padding_reflect",
-              "padding_replicate", "padding_circular"}
+CONDITIONS = {"intact", "pans_mean", "pans_border", "random_mean", "random_border",
+              "padding_reflect", "padding_replicate", "padding_circular"}
+CONTROLS = {"random_mean", "random_border"}
 
 
 @pytest.fixture(scope="module")
 def tables(smoke_results):
-    names = ("ablation", "class_shift", "placement", "ablation_summary", "class_bias")
+    names = ("ablation", "class_shift", "placement", "ablation_summary", "class_bias",
+             "dose_response", "dose_response_summary")
     return {n: read_table(smoke_results, n) for n in names}
 
 
@@ -35,7 +37,7 @@ def test_columns_and_conditions_present(tables):
     assert set(abl["model"]) == set(PROFILES["smoke"].models)
     for _, g in abl.groupby("model"):
         assert set(g["condition"]) == CONDITIONS or (
-            set(g["condition"]) == CONDITIONS - {"random_mean"}
+            set(g["condition"]) == CONDITIONS - CONTROLS
             and (g["n_ablated"] == 0).all())  # a model without PANs has no control to draw
     assert set(tables["placement"]["placement"]) == {"centre", "corner"}
 
@@ -55,10 +57,32 @@ def test_intact_agrees_with_itself_and_metrics_in_range(tables):
 def test_random_controls_match_pan_count(tables):
     abl = tables["ablation"]
     for _, g in abl.groupby("model"):
-        rnd = g[g["condition"] == "random_mean"]
-        assert len(rnd) == PROFILES["smoke"].n_random_draws or rnd.empty
         n_pans = int(g.loc[g["condition"] == "pans_mean", "n_ablated"].iloc[0])
-        assert (rnd["n_ablated"] <= n_pans).all()
+        for control in CONTROLS:
+            rnd = g[g["condition"] == control]
+            assert len(rnd) == PROFILES["smoke"].n_random_draws or rnd.empty
+            assert (rnd["n_ablated"] <= n_pans).all()
+
+
+def test_dose_response_grid_controls_and_summary(tables):
+    dose, summary = tables["dose_response"], tables["dose_response_summary"]
+    smoke = PROFILES["smoke"]
+    assert (dose["n_images"] == min(smoke.n_dose, smoke.n_eval)).all()
+    for model, g in dose[dose["condition"] != "intact"].groupby("model"):
+        ks = sorted(set(g["k"]))
+        n_pans = int(tables["ablation"].query("model == @model and condition == 'pans_mean'")
+                     ["n_ablated"].iloc[0])
+        assert ks[0] == 1 and ks[-1] == n_pans and len(ks) <= smoke.dose_points
+        for k, gk in g.groupby("k"):
+            assert (gk["n_ablated"] <= k).all()
+            assert (gk["condition"] == "random_mean").sum() == smoke.dose_draws
+            assert set(gk["condition"]) == {"pans_mean", "pans_border", "random_mean",
+                                            "random_border"}
+    for r in summary.itertuples():
+        sel = dose[(dose["model"] == r.model) & (dose["k"] == r.k)]
+        pan = sel.loc[sel["condition"] == f"pans_{r.how}", "agreement"].mean()
+        rnd = sel.loc[sel["condition"] == f"random_{r.how}", "agreement"].mean()
+        assert r.gap == pytest.approx(rnd - pan, abs=1e-5)
 
 
 def test_class_shift_counts_sum_to_n_images(tables):
@@ -68,7 +92,7 @@ def test_class_shift_counts_sum_to_n_images(tables):
     for (model, _, _), row in sums.iterrows():
         assert row["count_intact"] == n[model] and row["count_condition"] == n[model]
     assert (shift["shift"] == shift["count_condition"] - shift["count_intact"]).all()
-    assert set(shift["condition"]) == CONDITIONS - {"intact"} or "random_mean" not in set(
+    assert set(shift["condition"]) == CONDITIONS - {"intact"} or not CONTROLS & set(
         shift["condition"])
 
 

@@ -56,17 +56,18 @@ def show_figure(fig, out_dir: str | Path, name: str) -> None:
     plt.close(fig)
 
 
-def record_claims(out_dir: str | Path, chapter: str, claims: dict) -> Path:
+def record_claims(out_dir: str | Path, chapter: str, claims: dict) -> None:
     """Merge ``claims`` (name -> number, string or list) under ``chapter`` into
     ``out_dir/claims.json``, atomically: the key numbers each notebook prints, kept
-    machine-readable so the tests and the README can be checked against them."""
+    machine-readable so the tests and the README can be checked against them. Returns
+    None, so a notebook cell ending with this call prints nothing."""
     import json
 
     path = Path(out_dir) / "claims.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data[chapter] = json.loads(json.dumps(claims, default=_plain))
     text = json.dumps(dict(sorted(data.items())), indent=2, sort_keys=True) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_claims(out_dir: str | Path) -> dict:
