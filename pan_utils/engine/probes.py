@@ -65,6 +65,19 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return ((x - m) / s).contiguous()
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's "L" and OpenCV's RGB2GRAY
+
+
+def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """An N×3×H×W RGB batch as ``channels`` channels: itself for 3, its luminance for 1."""
+    if channels == x.shape[1]:
+        return x
+    if channels == 1 and x.shape[1] == 3:
+        return torch.tensordot(x, torch.tensor(LUMA, dtype=x.dtype), dims=([1], [0]))[:, None]
+    raise ProbeError(f"cannot turn {x.shape[1]}-channel images into {channels} channels "
+                     "(1: grey, 3: RGB)")
+
+
 def random_crop_box(rng: np.random.Generator, h: int, w: int, min_scale: float
                     ) -> tuple[int, int, int, int]:
     """(top, left, height, width): area fraction in [min_scale, 1], aspect in [3/4, 4/3]."""
@@ -80,9 +93,10 @@ def random_crop_box(rng: np.random.Generator, h: int, w: int, min_scale: float
 def bundled_images(n: int, size: int | tuple[int, int] = 224, *, seed: int = 0,
                    split: str = "scan", mean: Sequence[float] = IMAGENET_MEAN,
                    std: Sequence[float] = IMAGENET_STD, min_scale: float = 0.15,
-                   return_names: bool = False):
+                   return_names: bool = False, channels: int = 3):
     """``n`` random crops (scale, position, flip jitter) of the bundled photos, resized to
-    ``size`` and normalised: an N×3×H×W float tensor, deterministic given ``seed``."""
+    ``size`` and normalised: an N×C×H×W float tensor, deterministic given ``seed``.
+    ``channels=1`` gives grey probes (the luminance of the same RGB crops)."""
     if n < 1:
         raise ProbeError(f"number of images must be at least 1; got {n}")
     out_h, out_w = (size, size) if isinstance(size, int) else size
@@ -99,7 +113,7 @@ def bundled_images(n: int, size: int | tuple[int, int] = 224, *, seed: int = 0,
             crop = crop.flip(-1)
         crops.append(crop.clamp_(0, 1))
         names.append(name)
-    x = normalize(torch.cat(crops), mean, std).contiguous()
+    x = normalize(to_channels(torch.cat(crops), channels), mean, std).contiguous()
     return (x, names) if return_names else x
 
 
@@ -208,6 +222,7 @@ class ImageFolderProbe:
     n: int | None = None
     seed: int = 0
     crop_fraction: float = 0.875
+    channels: int = 3  # 1: grey (luminance)
     files: list[Path] = field(init=False)
     labels: list[int] = field(init=False)
     classes: list[str] = field(init=False)
@@ -245,10 +260,10 @@ class ImageFolderProbe:
             xs.append(x)
             ys.append(label)
             if len(xs) == batch_size:
-                yield normalize(torch.stack(xs), self.mean, self.std), torch.tensor(ys)
+                yield self._normalize(xs), torch.tensor(ys)
                 xs, ys = [], []
         if xs:
-            yield normalize(torch.stack(xs), self.mean, self.std), torch.tensor(ys)
+            yield self._normalize(xs), torch.tensor(ys)
         if self.skipped:
             if len(self.skipped) == len(self.files):
                 raise ProbeError(f"none of the {len(self.files)} images in {self.root} "
@@ -256,6 +271,10 @@ class ImageFolderProbe:
             warnings.warn(f"skipped {len(self.skipped)} unreadable image(s) of "
                           f"{len(self.files)} in {self.root}, e.g. {self.skipped[0].name}",
                           stacklevel=2)
+
+
+    def _normalize(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return normalize(to_channels(torch.stack(xs), self.channels), self.mean, self.std)
 
 
 def iter_batches(images, batch_size: int = 32, *, labels: bool = False) -> Iterator:
