@@ -30,7 +30,7 @@ EXPECTED = {
     "efficientnet_lite1": ("classification", (240, 240), 3, True),
     "efficientnet_lite2": ("classification", (260, 260), 3, True),
     "craft": ("text detection", (models.CRAFT_PROBE,) * 2, 3, True),
-    "crnn_english": ("text recognition", (64, 256), 1, True),
+    "crnn_english": ("text recognition", (64, 128), 1, True),
     "mtcnn_pnet": ("face detection", (48, 48), 3, False),
     "mtcnn_rnet": ("face detection", (24, 24), 3, False),
     "mtcnn_onet": ("face detection", (48, 48), 3, False),
@@ -161,3 +161,53 @@ def test_grey_probes_are_the_luminance_of_the_rgb_ones():
     expected = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
     assert grey.shape == (3, 1, 32, 32)
     torch.testing.assert_close(grey[:, 0], expected)
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def test_default_profile_spans_families_and_tasks():
+    from pan_utils.study.settings import settings
+
+    names = settings("default").models
+    assert len(names) >= 6 and set(names) <= set(OFFLINE)
+    assert len({OFFLINE[m].family for m in names}) >= 2
+    assert len({OFFLINE[m].task for m in names}) >= 3
+
+
+def test_identify_reports_an_unpadded_model_as_zero_candidates(capsys):
+    from pan_utils.study.identification import identify_all
+    from pan_utils.study.settings import settings
+
+    _needs_wheel("mtcnn_onet")
+    t = identify_all(settings("default", models=["mtcnn_onet"], n_images=4), progress=True)
+    assert "trained without padding, it cannot have a PAN" in capsys.readouterr().out
+    c = t["pan_counts"]
+    assert list(c["weights"]) == ["pretrained", "random-init"]
+    assert (c[["candidate_layers", "candidate_channels", "pans", "circular_null_pans"]] == 0
+            ).all().all()
+    assert c["pan_fraction"].isna().all() and (c["image_size"] == 48).all()
+    assert (t["pan_sensitivity"]["pans"] == 0).all() and t["pans"].empty
+
+
+def test_grey_text_recogniser_runs_through_chapters_1_and_2():
+    from pan_utils.study.identification import identify
+    from pan_utils.study.settings import settings
+    from pan_utils.study.taxonomy import uneven_padding
+
+    _needs_wheel("crnn_english")
+    s = settings("default", n_images=4)
+    t = identify("crnn_english", s, progress=False)
+    c = t["pan_counts"]
+    assert (c["image_size"] == "64x128").all() and (c["candidate_layers"] == 6).all()
+    layers, side_pans = uneven_padding("crnn_english", s, t["pans"], progress=False)
+    assert set(layers["size"]) == set(side_pans["size"]) == {"64x128", "65x129"}
+
+
+def test_chapter_3_skips_models_without_a_classification_head(capsys):
+    from pan_utils.study.ablation import study_model
+    from pan_utils.study.settings import settings
+
+    out = study_model("craft", settings("smoke"), progress=False)
+    assert all(df.empty for df in out.values())
+    assert "no classification head" in capsys.readouterr().out

@@ -38,6 +38,11 @@ def _identification(results: Path) -> list[str]:
              "circular null on (`pan_counts.csv`).", "",
              "| model | PANs (pre-trained) | of candidate channels | random-init weights "
              "| circular null alone |", "|---|---|---|---|---|"]
+    unpadded = list(pre.index[pre["candidate_channels"] == 0])
+    for m in unpadded:
+        lines.append(f"| {m} | 0 | none: no padded convolution, so no PAN can exist "
+                     "| 0 | 0 |")
+    pre = pre.drop(unpadded)
     for m, r in pre.iterrows():
         lines.append(f"| {m} | {r['pans']} | {r['candidate_channels']} "
                      f"({_pct(r['pan_fraction'])}) | {rnd.loc[m, 'pans']} "
