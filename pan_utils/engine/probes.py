@@ -88,6 +88,19 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return ((x - m) / s).contiguous()
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's "L" and OpenCV's RGB2GRAY
+
+
+def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """An N×3×H×W RGB batch as ``channels`` channels: itself for 3, its luminance for 1."""
+    if channels == x.shape[1]:
+        return x
+    if channels == 1 and x.shape[1] == 3:
+        return torch.tensordot(x, torch.tensor(LUMA, dtype=x.dtype), dims=([1], [0]))[:, None]
+    raise ProbeError(f"cannot turn {x.shape[1]}-channel images into {channels} channels "
+                     "(1: grey, 3: RGB)")
+
+
 def random_crop_box(rng: np.random.Generator, h: int, w: int, min_scale: float
                     ) -> tuple[int, int, int, int]:
     """(top, left, height, width): area fraction in [min_scale, 1], aspect in [3/4, 4/3]."""
@@ -103,7 +116,7 @@ def random_crop_box(rng: np.random.Generator, h: int, w: int, min_scale: float
 def bundled_images(n: int, size: int | tuple[int, int] = 224, *, seed: int = 0,
                    split: str = "scan", mean: Sequence[float] = IMAGENET_MEAN,
                    std: Sequence[float] = IMAGENET_STD, min_scale: float = 0.15,
-                   return_names: bool = False):
+                   return_names: bool = False, channels: int = 3):
     """``n`` random crops of the bundled photos: the default probe set (docs/METHOD.md §1.2).
 
     Args:
@@ -115,9 +128,10 @@ def bundled_images(n: int, size: int | tuple[int, int] = 224, *, seed: int = 0,
         min_scale: the smallest crop area as a fraction of the photo; the aspect ratio is
             drawn in [3/4, 4/3], and half the crops are flipped.
         return_names: also return the photo of each crop.
+        channels: 3, or 1 for grey probes (the luminance of the same RGB crops).
 
     Returns:
-        An N×3×H×W float tensor, normalised; ``(tensor, names)`` with ``return_names=True``.
+        An N×C×H×W float tensor, normalised; ``(tensor, names)`` with ``return_names=True``.
 
     Example:
         >>> bundled_images(64, 224, seed=0).shape
@@ -139,7 +153,7 @@ def bundled_images(n: int, size: int | tuple[int, int] = 224, *, seed: int = 0,
             crop = crop.flip(-1)
         crops.append(crop.clamp_(0, 1))
         names.append(name)
-    x = normalize(torch.cat(crops), mean, std).contiguous()
+    x = normalize(to_channels(torch.cat(crops), channels), mean, std).contiguous()
     return (x, names) if return_names else x
 
 
@@ -272,6 +286,7 @@ class ImageFolderProbe:
     n: int | None = None
     seed: int = 0
     crop_fraction: float = 0.875
+    channels: int = 3  # 1: grey (luminance)
     files: list[Path] = field(init=False)
     labels: list[int] = field(init=False)
     classes: list[str] = field(init=False)
@@ -309,10 +324,10 @@ class ImageFolderProbe:
             xs.append(x)
             ys.append(label)
             if len(xs) == batch_size:
-                yield normalize(torch.stack(xs), self.mean, self.std), torch.tensor(ys)
+                yield self._normalize(xs), torch.tensor(ys)
                 xs, ys = [], []
         if xs:
-            yield normalize(torch.stack(xs), self.mean, self.std), torch.tensor(ys)
+            yield self._normalize(xs), torch.tensor(ys)
         if self.skipped:
             if len(self.skipped) == len(self.files):
                 raise ProbeError(f"none of the {len(self.files)} images in {self.root} "
@@ -320,6 +335,10 @@ class ImageFolderProbe:
             warnings.warn(f"skipped {len(self.skipped)} unreadable image(s) of "
                           f"{len(self.files)} in {self.root}, e.g. {self.skipped[0].name}",
                           stacklevel=2)
+
+
+    def _normalize(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return normalize(to_channels(torch.stack(xs), self.channels), self.mean, self.std)
 
 
 def iter_batches(images, batch_size: int = 32, *, labels: bool = False) -> Iterator:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..engine.ablate import HOWS, AblationError, ablate, channel_pairs
 from ..engine.hooks import eval_mode
-from ..engine.models import Preprocessing, device_of, load_model
+from ..engine.models import Preprocessing, device_of, load_model, model_task
 from ..engine.policy import padding_policy
 from ..engine.probes import ImageFolderProbe, bundled_images, iter_batches
 from ..engine.progress import progress_bar
@@ -379,8 +379,15 @@ def study_model(model_name: str, settings: Settings, *, n_placement: int = 64,
     PANs against k random channels of the same layers) on the first ``n_dose`` images.
 
     Returns pans, ablation, class_shift, placement and dose_response tables (each with
-    ``model``).
+    ``model``); all empty, with a printed line, for a model that is not a classifier
+    (agreement of top-1 classes is this chapter's measure).
     """
+    task = model_task(model_name)
+    if task != "classification":
+        print(f"{model_name}: skipped, a {task} model has no classification head "
+              "(chapter 3 measures top-1 agreement)")
+        return {k: pd.DataFrame() for k in ("pans", "ablation", "class_shift", "placement",
+                                            "dose_response")}
     loaded = load_model(model_name)
     device = torch.device(settings.device)
     model, p = loaded.model.to(device).eval(), loaded.preprocessing

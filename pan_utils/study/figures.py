@@ -205,14 +205,17 @@ def uneven_bands(layers: pd.DataFrame, models=None) -> plt.Figure:
     strided padded layers at each input size; 0 marks a side the layer cannot see."""
     df = layers[layers["stride_h"] > 1]
     order = _model_order(df, models)
-    sizes = sorted(df["size"].unique())
+    # each model at its own sizes (S and S+1 of its input size)
+    sizes_of = {m: sorted(df.loc[df["model"] == m, "size"].unique()) for m in order}
     sides = [("T", "band_top"), ("B", "band_bottom"), ("L", "band_left"), ("R", "band_right")]
-    heights = [df[(df["model"] == m) & (df["size"] == sizes[0])].shape[0] for m in order]
-    fig, axes = plt.subplots(len(order), 1, figsize=(1.1 * len(sizes) * 4 + 3,
+    heights = [df[(df["model"] == m) & (df["size"] == sizes_of[m][0])].shape[0] for m in order]
+    n_sizes = max(len(v) for v in sizes_of.values())
+    fig, axes = plt.subplots(len(order), 1, figsize=(1.1 * n_sizes * 4 + 3,
                                                      0.32 * sum(heights) + 1.4 * len(order)),
                              squeeze=False, gridspec_kw={"height_ratios": heights})
     for ax, model in zip(axes[:, 0], order):
         sub = df[df["model"] == model]
+        sizes = sizes_of[model]
         layer_rows = sub[sub["size"] == sizes[0]].sort_values("order")
         cols, data = [], []
         for size in sizes:
@@ -557,7 +560,7 @@ def policy_pan_maps(maps: pd.DataFrame, tau: float | None = None,
             ax.grid(False)
             im = ax.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v)
             row = d.iloc[0]
-            tag = "PAN" if bool(is_pan[d.index[0]]) else f"below tau"
+            tag = "PAN" if bool(is_pan[d.index[0]]) else "below tau"
             ax.set_title(f"{row['layer']} c{int(row['channel'])}\nside {row['sides'] or '-'}, "
                          f"|d| = {float(row['score']):.1f} ({tag})\n{m.shape[0]}×{m.shape[1]} map",
                          fontsize=7)

@@ -16,23 +16,45 @@ import torch
 
 from ..engine.maps import bn_signs, record_maps
 from ..engine.models import LoadedModel, load_model, random_init, recalibrate_batchnorm
+from ..engine.padding import discover
 from ..engine.probes import ImageFolderProbe, bundled_images
 from ..engine.rule import decide_pans, pan_counts_by_tau
 from ..engine.scan import find_pans, scan
 from ..engine.uncertainty import count_uncertainty
 from .settings import Settings
 
-WEIGHTS = ("pretrained", "random-init")
 MAP_IMAGES = 64  # mean maps settle well before this; the first crops of the scan set
 CALIBRATION_IMAGES = 128  # BatchNorm statistics of a random network settle well before this
 PRETRAINED, RANDOM, UNCALIBRATED = "pretrained", "random-init", "random-init (uncalibrated)"
 TAUS = tuple(float(t) for t in range(1, 11))
 
 
-def input_size(loaded: LoadedModel, settings: Settings) -> int:
-    """The probe size: the profile's ``image_size`` or else the model's own input size."""
+NO_PADDING = "trained without padding, it cannot have a PAN"
+
+
+def input_size(loaded: LoadedModel, settings: Settings) -> int | tuple[int, int]:
+    """The probe size: the profile's ``image_size`` or else the model's own input size
+    (an int when square, else (height, width), e.g. (64, 256) for a text recogniser)."""
     size = settings.image_size
-    return int(size) if size else int(loaded.preprocessing.input_size[0])
+    if size:
+        return int(size)
+    h, w = (int(v) for v in loaded.preprocessing.input_size)
+    return h if h == w else (h, w)
+
+
+def grown(size: int | tuple[int, int]) -> int | tuple[int, int]:
+    """One pixel more on each axis: S + 1 (or (H + 1, W + 1))."""
+    return size + 1 if isinstance(size, int) else (size[0] + 1, size[1] + 1)
+
+
+def size_label(size: int | tuple[int, int]) -> int | str:
+    """A table's value for a probe size: S for a square, else 'HxW'."""
+    return size if isinstance(size, int) else f"{size[0]}x{size[1]}"
+
+
+def has_padded_conv(model: torch.nn.Module, size: int | tuple[int, int]) -> bool:
+    """Whether any convolution with a kernel larger than 1 reads zero padding at ``size``."""
+    return any(s.is_candidate for s in discover(model, size))
 
 
 def probe_images(loaded: LoadedModel, settings: Settings, size: int | None = None,
@@ -44,9 +66,9 @@ def probe_images(loaded: LoadedModel, settings: Settings, size: int | None = Non
     n = min(n, settings.n_images) if n else settings.n_images
     if settings.data_dir:
         return ImageFolderProbe(settings.data_dir, size, p.mean, p.std,
-                                n=n, seed=settings.seed)
+                                n=n, seed=settings.seed, channels=p.channels)
     return bundled_images(n, size, seed=settings.seed, split=split,
-                          mean=p.mean, std=p.std)
+                          mean=p.mean, std=p.std, channels=p.channels)
 
 
 def calibration_images(loaded: LoadedModel, settings: Settings, size: int):
@@ -124,10 +146,17 @@ def identify(model_name: str, settings: Settings, *, progress: bool = True,
     pre-trained count's bootstrap interval and split-half Jaccard), ``pan_counts_by_seed``,
     ``pans``, ``pan_sensitivity``, ``pan_layers`` and ``channel_scores``; every table
     carries ``model``, ``weights`` and, where seeds differ, ``init_seed``.
+    A model without a padded convolution (kernel > 1) has 0 candidates and 0 PANs under
+    every weights, and rows only in ``pan_counts`` and ``pan_sensitivity``.
     """
     tau, q = float(settings.tau), float(settings.consistency)
     loaded = load_model(model_name)
     size = input_size(loaded, settings)
+    if not has_padded_conv(loaded.model, size):
+        if progress:
+            print(f"{model_name}: no padded convolution with a kernel larger than 1; "
+                  f"{NO_PADDING}.")
+        return unpadded_tables(model_name, settings, size, taus)
     images = probe_images(loaded, settings, size)
     device = settings.device
     out: dict[str, list[pd.DataFrame]] = {k: [] for k in
@@ -157,7 +186,7 @@ def identify(model_name: str, settings: Settings, *, progress: bool = True,
         out["pan_counts_by_seed"].append(pd.DataFrame([{
             **tag, "candidate_layers": len(layers), "candidate_channels": n_cand,
             "pans": len(pans), "pan_fraction": len(pans) / n_cand, "tau": tau, "q": q,
-            "n_images": int(scores["n_images"].iloc[0]), "image_size": size,
+            "n_images": int(scores["n_images"].iloc[0]), "image_size": size_label(size),
             "circular_null_pans": len(circ)}]))
         for cond, kw in ((weights, {}),
                          ("circular null", {"mode": "circular", "null_mode": None})):
@@ -189,11 +218,39 @@ def identify(model_name: str, settings: Settings, *, progress: bool = True,
     return tables
 
 
+def unpadded_tables(model_name: str, settings: Settings, size: int | tuple[int, int],
+                    taus: Sequence[float] = TAUS) -> dict[str, pd.DataFrame]:
+    """identify's tables for a model without padded convolutions: a count row of zeros
+    per weights and init seed (pan_fraction undefined: NaN) and a flat zero sensitivity
+    curve."""
+    seeds = [(PRETRAINED, None)] + [(RANDOM, settings.seed + i)
+                                    for i in range(settings.baseline_seeds)]
+    by_seed, sens = [], []
+    for weights, seed in seeds + [(UNCALIBRATED, settings.seed)]:
+        tag = {"model": model_name, "weights": weights, "init_seed": seed}
+        by_seed.append({**tag, "candidate_layers": 0, "candidate_channels": 0, "pans": 0,
+                        "pan_fraction": float("nan"), "tau": float(settings.tau),
+                        "q": float(settings.consistency), "n_images": 0,
+                        "image_size": size_label(size), "circular_null_pans": 0})
+        for cond in (weights, "circular null"):
+            sens += [{**tag, "condition": cond, "tau": float(t), "pans": 0} for t in taus]
+    by_seed = pd.DataFrame(by_seed).astype({"init_seed": "Int64"})
+    empty = pd.DataFrame({"model": pd.Series(dtype=str), "weights": pd.Series(dtype=str),
+                          "init_seed": pd.Series(dtype="Int64")})
+    return {"pan_counts_by_seed": by_seed,
+            "pan_counts": _summary(by_seed, empty.drop(columns="init_seed")),
+            "pans": empty.copy(), "pan_sensitivity": pd.DataFrame(sens).astype(
+                {"init_seed": "Int64"}),
+            "pan_layers": empty.copy(),
+            "channel_scores": empty.assign(condition=pd.Series(dtype=str))}
+
+
 def identify_all(settings: Settings, *, progress: bool = True
                  ) -> dict[str, pd.DataFrame]:
     """``identify`` for every model of the profile, tables concatenated."""
     parts = [identify(m, settings, progress=progress) for m in settings.models]
-    return {k: pd.concat([p[k] for p in parts], ignore_index=True) for k in parts[0]}
+    return {k: pd.concat([p[k] for p in parts if len(p[k])] or [parts[0][k]],
+                         ignore_index=True) for k in parts[0]}
 
 
 # --------------------------------------------------------------------------- maps

@@ -32,7 +32,8 @@ def _identification(results: Path) -> list[str]:
     counts = read_table(results, "pan_counts")
     by = counts.set_index(["weights", "model"])
     pre = by.loc["pretrained"]
-    first = pre.iloc[0]
+    padded = pre[pre["candidate_channels"] > 0]
+    first = padded.iloc[0] if len(padded) else pre.iloc[0]
     rnd = by.loc["random-init"] if "random-init" in by.index else None
     raw = (by.loc["random-init (uncalibrated)"]
            if "random-init (uncalibrated)" in by.index else None)
@@ -45,6 +46,11 @@ def _identification(results: Path) -> list[str]:
              "| model | PANs (pre-trained) | interval | of candidate channels | split-half "
              f"Jaccard | random-init, BatchNorm recalibrated ({seeds} seeds) | random-init, "
              "uncalibrated | circular null alone |", "|---|---|---|---|---|---|---|---|"]
+    unpadded = list(pre.index[pre["candidate_channels"] == 0])
+    for m in unpadded:
+        lines.append(f"| {m} | 0 | – | none: no padded convolution, so no PAN can exist "
+                     "| – | 0 | 0 | 0 |")
+    pre = pre.drop(unpadded)
     for m, r in pre.iterrows():
         base = (f"{rnd.loc[m, 'pans']:.1f} ± {rnd.loc[m, 'pans_sd']:.1f}"
                 if rnd is not None and m in rnd.index else "–")

@@ -13,7 +13,8 @@ from ..engine.models import load_model
 from ..engine.padding import ConvSite, discover, padded_convs
 from ..engine.scan import find_pans
 from ..engine.types import TYPE_ORDER
-from .identification import MAP_IMAGES, input_size, maps_table, probe_images
+from .identification import (MAP_IMAGES, grown, input_size, maps_table, probe_images,
+                             size_label)
 from .settings import Settings
 
 # --------------------------------------------------------------------------- summaries
@@ -139,7 +140,7 @@ def uneven_layers(model, sizes: tuple[int, ...], model_name: str = "") -> pd.Dat
     frames = []
     for size in sizes:
         df = padded_convs(model, size)
-        frames.append(df.assign(model=model_name, size=size))
+        frames.append(df.assign(model=model_name, size=size_label(size)))
     df = pd.concat(frames, ignore_index=True)
     cols = ["model", "size", "layer", "order", "kernel_h", "stride_h", "in_h", "pad_top",
             "pad_bottom", "pad_left", "pad_right", *(side_column("band", k) for k in SIDES)]
@@ -189,15 +190,15 @@ def uneven_padding(model_name: str, settings: Settings, pans: pd.DataFrame, *, p
     """
     loaded = load_model(model_name)
     size = input_size(loaded, settings)
-    layers = uneven_layers(loaded.model, (size, size + 1), model_name)
+    layers = uneven_layers(loaded.model, (size, grown(size)), model_name)
     at_s = pans[(pans["model"] == model_name) & (pans["weights"] == "pretrained")]
     loaded.model.to(settings.device)
-    at_s1 = find_pans(loaded.model, probe_images(loaded, settings, size + 1),
+    at_s1 = find_pans(loaded.model, probe_images(loaded, settings, grown(size)),
                       settings.tau, settings.consistency,
                       batch_size=settings.batch_size, device=settings.device,
                       progress=progress)
     frames = []
-    for s, p in ((size, at_s), (size + 1, at_s1)):
+    for s, p in ((size_label(size), at_s), (size_label(grown(size)), at_s1)):
         p = p.assign(model=model_name, size=s)
         sc = side_counts(p, by=("model", "size")) if len(p) else pd.DataFrame(
             {"model": model_name, "size": s, "side": [*SIDES, "corner only"],
