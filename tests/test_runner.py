@@ -112,6 +112,8 @@ def test_executed_notebook_names_no_repository_path(runs):
     outputs = json.dumps([c.get("outputs", []) for c in nb.cells])
     assert str(R.REPO_ROOT) not in outputs + json.dumps(nb.metadata)
     assert nb.metadata.papermill.input_path == "01_good.ipynb"
+    assert ".staging-" not in nbformat.writes(nb)  # the notebook names the results folder
+    assert nb.metadata.papermill.parameters["out_dir"] == str(runs["out"])
 
 
 def test_paths_inside_the_repo_become_relative():

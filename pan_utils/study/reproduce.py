@@ -650,6 +650,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; {out}/ unchanged by the notebook that was running", file=sys.stderr)
         return 130
+    except OSError as exc:  # the index, after the notebooks' results were moved in
+        print(f"error: cannot write in {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 def _run_all(notebooks: list[Path], out: Path, args, data_dir: str | None) -> int:
@@ -661,22 +664,24 @@ def _run_all(notebooks: list[Path], out: Path, args, data_dir: str | None) -> in
         print("no notebooks to run (notebooks/NN_*.ipynb)", file=sys.stderr)
         write_index(out)
         return 0
-    rerun = False
+    done = 0
     for nb in notebooks:
-        if args.if_changed and not rerun and up_to_date(nb, out, args.profile, data_dir):
+        if args.if_changed and not done and up_to_date(nb, out, args.profile, data_dir):
             print(f"[{args.profile}] {nb.name} up to date", file=sys.stderr)
             continue
-        rerun = True
         print(f"[{args.profile}] {nb} -> {out / 'notebooks' / nb.name}", file=sys.stderr)
         try:
             entry = run_notebook(nb, out, args.profile, data_dir=data_dir, timeout=args.timeout,
                                  progress=not args.no_progress)
         except NotebookError as exc:
-            write_index(out)
+            if done:  # the index lists what the notebooks before this one wrote
+                write_index(out)
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        done += 1
         print(f"[{args.profile}] {nb.name} done in {entry['wall_time_s']:.1f} s", file=sys.stderr)
-    write_index(out)
+    if done or not (out / "README.md").exists():
+        write_index(out)
     return 0
 
 
