@@ -11,9 +11,14 @@ import shutil
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
+import torch
+from torch import nn
 
+from pan_utils.engine.probes import eval_transform
+from pan_utils.engine.scan import MIN_IMAGES, ScanError, find_pans
 from pan_utils.study import reproduce as R
 from pan_utils.study.results import read_table, write_table
 
@@ -209,3 +214,83 @@ def test_kernel_caches_stay_out_of_home():
     assert set(env) == set(R.CACHE_ENV)
     assert all(Path(v).is_relative_to(R.REPO_ROOT / ".cache") for v in env.values())
     assert R.cache_env({"TORCH_HOME": "/x"}).get("TORCH_HOME") is None
+
+
+# ------------------------------------------------------------------- input guards
+
+
+def test_sixteen_bit_png_keeps_its_gradient(tmp_path):
+    from PIL import Image
+
+    from pan_utils.engine.probes import ImageFiles
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    x, _ = ImageFiles(tmp_path, eval_transform(64, 1.0))[0]
+    assert x.shape == (3, 64, 64)
+    row = x[0, 32].numpy()
+    assert row[0] < 0.05 and row[-1] > 0.95 and np.all(np.diff(row) >= -1e-6)
+    assert 0.3 < float(x.mean()) < 0.7  # not all white
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_high_depth_modes_scale_by_their_range(mode):
+    from PIL import Image
+
+    from pan_utils.engine.probes import to_rgb
+
+    top = {"I;16": 65535, "I": 65535, "F": 1.0}[mode]
+    a = np.array([[0, top / 2, top]], dtype={"I;16": np.uint16, "I": np.int32,
+                                              "F": np.float32}[mode])
+    im = Image.fromarray(a).convert(mode) if mode != "I;16" else Image.fromarray(a)
+    assert im.mode == mode
+    out = np.asarray(to_rgb(im))[0, :, 0]
+    assert out[0] == 0 and 126 <= out[1] <= 129 and out[2] == 255
+
+
+def test_nan_weights_and_outputs_are_refused():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)).eval()
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        net[1].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ScanError, match="weights 1.weight hold NaN"):
+        find_pans(net, x, progress=False)
+    with torch.no_grad():
+        net[1].weight[0, 0, 0, 0] = 0.0
+    x[0, 0, 5, 5] = float("inf")  # finite weights, an input that overflows
+    with pytest.raises(ScanError, match="layer 0 produced NaN or inf outputs"):
+        find_pans(net, x, progress=False)
+
+
+def test_too_few_images_are_refused_by_find_pans():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)).eval()
+    with pytest.raises(ScanError, match=f"at least {MIN_IMAGES}"):
+        find_pans(net, torch.randn(MIN_IMAGES - 1, 3, 16, 16), progress=False)
+
+
+def test_a_symlink_loop_in_an_image_folder_lists_each_file_once(tmp_path):
+    from PIL import Image
+
+    from pan_utils.engine.probes import ImageFolderProbe
+
+    (tmp_path / "a").mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((20, 20, 3), i * 20, np.uint8)).save(tmp_path / "a" / f"{i}.png")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    probe = ImageFolderProbe(tmp_path, 16)
+    assert len(probe) == 8
+    assert sum(x.shape[0] for x, _ in probe.batches(4)) == 8
+
+
+# ---------------------------------------------------------------- streamed probes
+
+
+@pytest.mark.parametrize("n, batch_size", [(10, 4), (7, 7), (5, 16)])
+def test_bundled_probe_streams_the_same_crops(n, batch_size):
+    from pan_utils.engine.probes import BundledProbe, bundled_images
+
+    kw = dict(seed=3, split="eval", mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))
+    whole = bundled_images(n, (24, 32), **kw)
+    parts = list(BundledProbe(n, (24, 32), **kw).batches(batch_size))
+    assert [p.shape[0] for p in parts[:-1]] == [batch_size] * (len(parts) - 1)
+    assert torch.equal(torch.cat(parts), whole)
