@@ -687,8 +687,12 @@ def _run_all(notebooks: list[Path], out: Path, args, data_dir: str | None) -> in
 
 def up_to_date(src: Path, out: Path, profile: str, data_dir: str | None) -> bool:
     """Whether ``out``'s manifest has an entry for ``src`` run with the same profile and
-    parameters, from the same notebook source and package code, and its executed copy."""
-    entry = read_manifest(out).get("notebooks", {}).get(Path(src).stem)
+    parameters, from the same notebook source and package code, under the same package
+    versions, and its executed copy."""
+    manifest = read_manifest(out)
+    entry = manifest.get("notebooks", {}).get(Path(src).stem)
+    if manifest.get("packages") != package_versions():
+        return False
     if not entry or not (out / entry.get("executed", "-")).is_file():
         return False
     try:
