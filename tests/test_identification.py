@@ -107,7 +107,7 @@ def test_pick_examples_strongest_pans_and_typical_others():
 
 def test_identify_counts_match_pan_rows():
     torch.set_num_threads(2)
-    s = settings("smoke", n_images=4, image_size=64)
+    s = settings("smoke", n_images=8, image_size=64)
     t = identify("mobilenet_v2", s, progress=False)
     counts = t["pan_counts"].set_index("weights")
     assert set(counts.index) == {"pretrained", "random-init"}

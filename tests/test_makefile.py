@@ -39,3 +39,33 @@ def test_torch_home_stays_inside_the_repository():
     res = _make("-pn", "help")
     assert re.search(rf"^TORCH_HOME := {re.escape(str(REPO_ROOT))}/\.cache/torch$",
                      res.stdout, flags=re.M)
+
+
+def test_clean_never_removes_a_bad_smoke_dir():
+    for bad in ("/", "", "..", ".cache/../..", "results"):
+        res = _make("-n", "clean", f"SMOKE_DIR={bad}")
+        assert res.returncode != 0 and "rm -rf" not in res.stdout, (bad, res.stdout)
+        assert "SMOKE_DIR" in res.stderr
+
+
+def test_exported_variables_do_not_change_what_make_does():
+    import os
+
+    env = {**os.environ, "PROFILE": "bogus", "RESULTS": "/", "SMOKE_DIR": "/",
+           "DATA_DIR": "/nowhere"}
+    res = subprocess.run(["make", "--no-print-directory", "-n", "clean", "params"],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert 'rm -rf -- ".cache/smoke"' in res.stdout and "bogus" not in res.stdout
+
+
+def test_results_path_with_a_space_is_quoted():
+    res = _make("-n", "reproduce", "RESULTS=/tmp/my results")
+    assert '--out "/tmp/my results"' in res.stdout and "--if-changed" in res.stdout
+
+
+def test_caches_stay_inside_the_repository():
+    res = _make("-pn", "help")
+    for var in ("MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR"):
+        assert re.search(rf"^{var} := {re.escape(str(REPO_ROOT))}/\.cache/", res.stdout,
+                         flags=re.M), var

@@ -14,7 +14,7 @@ from pan_utils.study.nets import POLICIES
 from pan_utils.study.tasks import TASKS
 
 COLUMNS = {"task", "policy", "seed", "test_accuracy", "chance", "pans", "candidates",
-           "pan_fraction", "pans_without_null", "train_seconds", "epochs", "n_train"}
+           "pan_fraction", "pans_without_null", "epochs", "n_train"}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_values_in_range(table):
     assert table["test_accuracy"].between(0, 1).all()
     assert table["pan_fraction"].between(0, 1).all()
     assert (table["pans"] <= table["candidates"]).all()
-    assert (table["train_seconds"] > 0).all()
+    assert not [c for c in table.columns if "seconds" in c]  # a rerun gives the same table
     chance = table.set_index("task")["chance"].groupby(level=0).first()
     assert chance["location"] == pytest.approx(0.25)
 

@@ -45,9 +45,10 @@ def runs(tmp_path_factory):
                            progress=False)
     first_manifest = json.loads((out / "manifest.json").read_text())
     bad = _notebook(src / "02_bad.ipynb", "print('before')\nraise ValueError('boom')")
+    failed_dir = tmp_path_factory.mktemp("failed")
     with pytest.raises(R.NotebookError) as err:
-        R.run_notebook(bad, out, "smoke", timeout=120, progress=False)
-    return {"out": out, "good": good, "entry": entry, "first": first_manifest, "error": err.value}
+        R.run_notebook(bad, out, "smoke", timeout=120, progress=False, failed_dir=failed_dir)
+    return {"out": out, "failed_dir": failed_dir, "good": good, "entry": entry, "first": first_manifest, "error": err.value}
 
 
 def test_foreign_kernel_name_runs_on_this_interpreter(runs):
@@ -67,11 +68,12 @@ def test_parameters_are_injected(runs):
 def test_failure_leaves_no_executed_notebook_but_keeps_the_partial_run(runs):
     nbs = runs["out"] / "notebooks"
     assert not (nbs / "02_bad.ipynb").exists()
-    assert runs["error"].failed_path == nbs / "02_bad.failed.ipynb"
+    assert not (nbs / "02_bad.failed.ipynb").exists()  # kept apart from the results
+    assert runs["error"].failed_path == runs["failed_dir"] / "02_bad.failed.ipynb"
     partial = nbformat.read(runs["error"].failed_path, as_version=4)
     assert any(o.get("ename") == "ValueError" for c in partial.cells for o in c.get("outputs", []))
     assert "ValueError: boom" in str(runs["error"])
-    assert not [p for p in nbs.iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in runs["out"].rglob(".*") if p.name.startswith((".tmp", ".staging"))]
 
 
 def test_manifest_records_the_run(runs):
@@ -110,6 +112,8 @@ def test_executed_notebook_names_no_repository_path(runs):
     outputs = json.dumps([c.get("outputs", []) for c in nb.cells])
     assert str(R.REPO_ROOT) not in outputs + json.dumps(nb.metadata)
     assert nb.metadata.papermill.input_path == "01_good.ipynb"
+    assert ".staging-" not in nbformat.writes(nb)  # the notebook names the results folder
+    assert nb.metadata.papermill.parameters["out_dir"] == str(runs["out"])
 
 
 def test_paths_inside_the_repo_become_relative():

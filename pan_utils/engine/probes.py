@@ -42,6 +42,32 @@ class ProbeError(ValueError):
     """
 
 
+_HIGH_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
+
+
+def to_rgb(im):
+    """A PIL image as 8-bit RGB, high-depth modes scaled by their real range first.
+
+    PIL's own ``convert("RGB")`` clips 16-bit and 32-bit values at 255, so a 16-bit
+    photo comes out almost all white. I;16* is divided by 65535; I (how PIL opens many
+    16-bit PNGs) by 65535 when its values fit in 16 bits, else by 2**31 - 1; F is taken
+    as [0, 1] when it lies there, else scaled by its maximum.
+    """
+    from PIL import Image
+
+    if im.mode not in _HIGH_DEPTH and im.mode not in ("I", "F"):
+        return im.convert("RGB")
+    a = np.asarray(im, dtype=np.float64)
+    if im.mode in _HIGH_DEPTH:
+        top = _HIGH_DEPTH[im.mode]
+    elif im.mode == "I":
+        top = 65535 if a.size and a.min() >= 0 and a.max() <= 65535 else 2 ** 31 - 1
+    else:
+        top = 1.0 if not a.size or (a.min() >= 0 and a.max() <= 1) else max(float(a.max()), 1e-12)
+    gray = np.clip(np.nan_to_num(a / top) * 255 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
 def _load_photo(name: str) -> np.ndarray:
     if name in ("china", "flower"):
         from sklearn.datasets import load_sample_image
@@ -113,11 +139,34 @@ def random_crop_box(rng: np.random.Generator, h: int, w: int, min_scale: float
     return top, left, ch, cw
 
 
+def _bundled_crops(n: int, size: tuple[int, int], seed: int, split: str, min_scale: float
+                   ) -> Iterator[tuple[torch.Tensor, str]]:
+    """The crops of ``bundled_images``, one at a time: (1×3×H×W in [0, 1], photo name)."""
+    if n < 1:
+        raise ProbeError(f"number of images must be at least 1; got {n}")
+    photos = bundled_photos(split)
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        name, img = photos[int(rng.integers(len(photos)))]
+        top, left, ch, cw = random_crop_box(rng, img.shape[0], img.shape[1], min_scale)
+        crop = torch.from_numpy(img[top:top + ch, left:left + cw]).permute(2, 0, 1)[None]
+        crop = F.interpolate(crop.float() / 255.0, size=size, mode="bilinear",
+                             antialias=True, align_corners=False)
+        if rng.random() < 0.5:
+            crop = crop.flip(-1)
+        yield crop.clamp_(0, 1), name
+
+
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def bundled_images(n: int, size: int | tuple[int, int] = 224, *, seed: int = 0,
                    split: str = "scan", mean: Sequence[float] = IMAGENET_MEAN,
                    std: Sequence[float] = IMAGENET_STD, min_scale: float = 0.15,
                    return_names: bool = False, channels: int = 3):
     """``n`` random crops of the bundled photos: the default probe set (docs/METHOD.md §1.2).
+    ``BundledProbe`` gives the same crops batch by batch, in constant memory.
 
     Args:
         n: number of images.
@@ -139,22 +188,49 @@ def bundled_images(n: int, size: int | tuple[int, int] = 224, *, seed: int = 0,
     """
     if n < 1:
         raise ProbeError(f"number of images must be at least 1; got {n}")
-    out_h, out_w = (size, size) if isinstance(size, int) else size
-    photos = bundled_photos(split)
-    rng = np.random.default_rng(seed)
     crops, names = [], []
-    for _ in range(n):
-        name, img = photos[int(rng.integers(len(photos)))]
-        top, left, ch, cw = random_crop_box(rng, img.shape[0], img.shape[1], min_scale)
-        crop = torch.from_numpy(img[top:top + ch, left:left + cw]).permute(2, 0, 1)[None]
-        crop = F.interpolate(crop.float() / 255.0, size=(out_h, out_w), mode="bilinear",
-                             antialias=True, align_corners=False)
-        if rng.random() < 0.5:
-            crop = crop.flip(-1)
-        crops.append(crop.clamp_(0, 1))
+    for crop, name in _bundled_crops(n, _hw(size), seed, split, min_scale):
+        crops.append(crop)
         names.append(name)
     x = normalize(to_channels(torch.cat(crops), channels), mean, std).contiguous()
     return (x, names) if return_names else x
+
+
+@dataclass
+class BundledProbe:
+    """The crops of ``bundled_images(n, size, seed=..., ...)``, image for image, made
+    batch by batch: memory stays flat in ``n`` (a scan of thousands of crops)."""
+
+    n: int
+    size: int | tuple[int, int] = 224
+    seed: int = 0
+    split: str = "scan"
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+    min_scale: float = 0.15
+    channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ProbeError(f"number of images must be at least 1; got {self.n}")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batches(self, batch_size: int = 32) -> Iterator[torch.Tensor]:
+        """Normalised N×C×H×W batches of ``batch_size`` (the last may be smaller)."""
+        buf: list[torch.Tensor] = []
+        for crop, _ in _bundled_crops(self.n, _hw(self.size), self.seed, self.split,
+                                      self.min_scale):
+            buf.append(crop)
+            if len(buf) == batch_size:
+                yield self._normalised(buf)
+                buf = []
+        if buf:
+            yield self._normalised(buf)
+
+    def _normalised(self, crops: list[torch.Tensor]) -> torch.Tensor:
+        return normalize(to_channels(torch.cat(crops), self.channels), self.mean, self.std)
 
 
 # --------------------------------------------------------------------------- folders
@@ -235,15 +311,23 @@ class ImageFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
+    def load(self, i: int):
+        """File ``i`` as an 8-bit RGB PIL image, or None when it cannot be read or is
+        oversized (PIL's decompression-bomb limit: skipped, not decoded)."""
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(self.files[i]) as im:
-                img = im.convert("RGB")
-                x = self.transform(img) if self.transform is not None else img
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            x = None
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(self.files[i]) as im:
+                    return to_rgb(im)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+                Image.DecompressionBombError, Image.DecompressionBombWarning):
+            return None
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
+        img = self.load(i)
+        x = img if img is None or self.transform is None else self.transform(img)
         return x, self.labels[i]
 
 
@@ -291,6 +375,7 @@ class ImageFolderProbe:
     labels: list[int] = field(init=False)
     classes: list[str] = field(init=False)
     skipped: list[Path] = field(init=False, default_factory=list)
+    upscaled: list[Path] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         data = ImageFiles(self.root, eval_transform(self.size, self.crop_fraction))
@@ -313,16 +398,19 @@ class ImageFolderProbe:
         return self.batches()
 
     def batches(self, batch_size: int = 32) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.skipped = []
+        self.skipped, self.upscaled = [], []
         data = self.data.subset(self.files)  # files may have been narrowed after init
+        out_h, out_w = (self.size, self.size) if isinstance(self.size, int) else self.size
         xs, ys = [], []
         for i in range(len(data)):
-            x, label = data[i]
-            if x is None:
+            img = data.load(i)
+            if img is None:
                 self.skipped.append(data.files[i])
                 continue
-            xs.append(x)
-            ys.append(label)
+            if img.height < out_h or img.width < out_w:
+                self.upscaled.append(data.files[i])
+            xs.append(data.transform(img))
+            ys.append(data.labels[i])
             if len(xs) == batch_size:
                 yield self._normalize(xs), torch.tensor(ys)
                 xs, ys = [], []
@@ -333,8 +421,12 @@ class ImageFolderProbe:
                 raise ProbeError(f"none of the {len(self.files)} images in {self.root} "
                                  "could be read")
             warnings.warn(f"skipped {len(self.skipped)} unreadable image(s) of "
-                          f"{len(self.files)} in {self.root}, e.g. {self.skipped[0].name}",
-                          stacklevel=2)
+                          f"{len(self.files)} in {self.root} (corrupt, not an image, or "
+                          f"oversized), e.g. {self.skipped[0].name}", stacklevel=2)
+        if self.upscaled:
+            warnings.warn(f"upscaled {len(self.upscaled)} image(s) of {len(self.files)} in "
+                          f"{self.root} smaller than {out_h}x{out_w}, e.g. "
+                          f"{self.upscaled[0].name}", stacklevel=2)
 
 
     def _normalize(self, xs: list[torch.Tensor]) -> torch.Tensor:

@@ -31,6 +31,9 @@ from .progress import progress_bar
 from .rule import NULL_MODE, decide_pans
 
 
+MIN_IMAGES = 8  # find_pans: the consistency of a side over fewer images is noise
+
+
 class ScanError(ValueError):
     """A scan that cannot run (no candidate layer, probe too small, mixed sizes).
 
@@ -41,6 +44,25 @@ class ScanError(ValueError):
         ...     print(err)
         tau must be a positive number; got 0
     """
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Refuse NaN/inf weights: every statistic of the scan would be NaN, and no PAN found
+    would look like a plausible result."""
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise ScanError(f"weights {name} hold NaN or inf values; refusing to scan")
+
+
+def _check_finite_outputs(accs: dict[str, dict[nn.Module, _Accumulator]]) -> None:
+    """A conv output with NaN/inf leaves a non-finite running sum (checked once, at the
+    end: no extra pass over the maps)."""
+    for mode, by_module in accs.items():
+        for acc in by_module.values():
+            sums = [t for t in (acc.s1, acc.s2, acc.sum_t) if t is not None]
+            if any(not bool(torch.isfinite(t).all()) for t in sums):
+                raise ScanError(f"layer {acc.site.name} produced NaN or inf outputs "
+                                f"({mode} padding); refusing to score it")
 
 
 # Region index (REGIONS order) of an output position by its row band (top, middle,
@@ -268,6 +290,7 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
     if device.type != device_of(model).type:
         raise ScanError(f"the model is on {device_of(model)}, not {device}: move it first "
                         f"(model.to('{device}'))")
+    check_finite_weights(model)
     accs: dict[str, dict[nn.Module, _Accumulator]] = {m: {} for m in modes}
     sites: list[ConvSite] | None = None
     bar = progress_bar(desc=desc, unit="img", enabled=progress, leave=False)
@@ -304,6 +327,7 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
         bar.close()
     if sites is None:
         raise ScanError("no probe images were given")
+    _check_finite_outputs(accs)
     n = max(len(sites) - 1, 1)
     tables = [acc.table(mode) for mode in modes for acc in accs[mode].values()
               if acc.n_images]
@@ -360,7 +384,8 @@ class PerImageStats:
 def find_pans(model: nn.Module, images, tau: float = 3.0, consistency: float = 0.95, *,
               null: bool = True, batch_size: int = 32,
               device: str | torch.device | None = None, progress: bool = True,
-              return_scores: bool = False, channels_last: bool = True):
+              return_scores: bool = False, channels_last: bool = True,
+              min_images: int = MIN_IMAGES):
     """The PANs of ``model`` on ``images``: ``scan``, then ``decide_pans`` (docs/METHOD.md §3-4).
 
     Args:
@@ -373,6 +398,8 @@ def find_pans(model: nn.Module, images, tau: float = 3.0, consistency: float = 0
             their contrast there (the null of docs/METHOD.md §5.1; default True).
         return_scores: also return the score table.
         batch_size, device, progress, channels_last: as for ``scan``.
+        min_images: fewer images is a ScanError: a consistency over a handful of images
+            would pass the rule by chance.
 
     Returns:
         One row per PAN (the columns of ``decide_pans``); ``(pans, scores)`` with
@@ -388,6 +415,10 @@ def find_pans(model: nn.Module, images, tau: float = 3.0, consistency: float = 0
         raise ScanError(f"consistency must be in [0, 1]; got {consistency}")
     scores = scan(model, images, null=null, batch_size=batch_size, device=device,
                   progress=progress, desc="find_pans", channels_last=channels_last)
+    n_images = int(scores["n_images"].max()) if len(scores) else 0
+    if n_images < min_images:
+        raise ScanError(f"only {n_images} probe image(s) were scanned; finding PANs needs at "
+                        f"least {min_images}")
     pans = decide_pans(scores, tau=tau, consistency=consistency,
                        null_mode=NULL_MODE if null else None)
     return (pans, scores) if return_scores else pans

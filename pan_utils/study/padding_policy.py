@@ -83,7 +83,10 @@ def run_one(data: TaskData, policy: str, seed: int, *, width: int = 16, depth: i
             tau: float = 3.0, consistency: float = 0.95, device: str = "cpu",
             max_steps: int | None = None, progress: bool = True
             ) -> tuple[dict, nn.Module, pd.DataFrame]:
-    """Train one (task, policy, seed), test it, scan it: (row, model, pans)."""
+    """Train one (task, policy, seed), test it, scan it: (row, model, pans).
+
+    The row holds no wall-clock time (a rerun must give the same table);
+    ``run_comparison`` records ``fit_seconds`` in the table's ``attrs`` instead."""
     model = build_model(policy, len(data.classes), width=width, depth=depth,
                         image_size=data.image_size, seed=seed)
     fit = train_model(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -92,20 +95,30 @@ def run_one(data: TaskData, policy: str, seed: int, *, width: int = 16, depth: i
     acc = evaluate(model, data, device=device)
     scan_x = data.x_test[:n_scan].to(device)
     pans, counts = scan_trained(model, scan_x, tau=tau, consistency=consistency)
-    row = {"task": data.name, "policy": policy, "seed": seed, "test_accuracy": acc,
-           "chance": data.chance, **counts, "train_seconds": fit["train_seconds"],
+    row = _Row({"task": data.name, "policy": policy, "seed": seed, "test_accuracy": acc,
+           "chance": data.chance, **counts,
            "epochs": epochs, "steps": fit["steps"], "n_train": data.n_train,
            "n_test": data.n_test, "n_scan": int(scan_x.shape[0]),
            "image_size": data.image_size, "width": width, "depth": depth,
-           "parameters": n_parameters(model), "final_loss": fit["final_loss"]}
+           "parameters": n_parameters(model), "final_loss": fit["final_loss"]})
+    row.attrs = {"train_seconds": fit["train_seconds"]}  # type: ignore[attr-defined]
     return row, model, pans
+
+
+class _Row(dict):
+    """A table row with room for what must not go in the table (wall-clock time)."""
+
+    attrs: dict
 
 
 def run_comparison(tasks: Sequence[TaskData], policies: Sequence[str] = POLICIES,
                    seeds: Sequence[int] = (0, 1, 2), *, keep: tuple[str, int] = ("zeros", 0),
                    progress: bool = True, **kw) -> tuple[pd.DataFrame, dict, dict]:
     """Every task × policy × seed. Returns (table, kept models, their PANs), keeping the
-    models of policy/seed ``keep`` per task (for the activation-map figure)."""
+    models of policy/seed ``keep`` per task (for the activation-map figure).
+
+    Training times go in ``table.attrs["timings"]``, not in a column: ``write_table``
+    hands them to the runner's manifest, so the written table is the same on a rerun."""
     rows, models, pans_kept = [], {}, {}
     jobs = [(t, p, s) for t in tasks for p in policies for s in seeds]
     for data, policy, seed in progress_bar(jobs, desc="trainings", enabled=progress):
@@ -113,7 +126,11 @@ def run_comparison(tasks: Sequence[TaskData], policies: Sequence[str] = POLICIES
         rows.append(row)
         if (policy, seed) == tuple(keep):
             models[data.name], pans_kept[data.name] = model, pans
-    return pd.DataFrame(rows), models, pans_kept
+    table = pd.DataFrame(rows)
+    table.attrs["timings"] = {"train_seconds": {
+        f"{r['task']}/{r['policy']}/seed{r['seed']}": round(r.attrs["train_seconds"], 2)
+        for r in rows}}
+    return table, models, pans_kept
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
@@ -126,9 +143,10 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
                 pan_fraction_std=("pan_fraction", "std"),
                 pans_without_null_mean=("pans_without_null", "mean"),
                 pans_half_tau_mean=("pans_half_tau", "mean"),
-                max_abs_d_mean=("max_abs_d", "mean"),
-                train_seconds_mean=("train_seconds", "mean")).reset_index()
-    return out.fillna({"accuracy_std": 0.0, "pan_fraction_std": 0.0})
+                max_abs_d_mean=("max_abs_d", "mean")).reset_index()
+    out = out.fillna({"accuracy_std": 0.0, "pan_fraction_std": 0.0})
+    out.attrs = {}  # the timings stay with the per-training table
+    return out
 
 
 def pan_mean_maps(model: nn.Module, images: torch.Tensor, pans: pd.DataFrame, *,

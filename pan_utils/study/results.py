@@ -13,8 +13,16 @@ TEXT_COLUMNS = ("model", "weights", "layer", "sides", "corners", "polarity", "ty
                 "condition", "mode", "policy", "task", "class_name")
 
 
+TIMINGS_FILE = ".timings.json"  # hidden: the runner moves it into the manifest, not results
+
+
 def write_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> Path:
-    """``out_dir/tables/name.csv``, written atomically; floats rounded for stable diffs."""
+    """``out_dir/tables/name.csv``, written atomically; floats rounded for stable diffs.
+
+    Wall-clock times must not make a rerun differ: a table carries them in
+    ``df.attrs["timings"]``, recorded by ``record_timings`` (the manifest keeps them)."""
+    if df.attrs.get("timings"):
+        record_timings(out_dir, name, df.attrs["timings"])
     return atomic_write(Path(out_dir) / "tables" / f"{name}.csv",
                         lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
 
@@ -68,6 +76,19 @@ def record_claims(out_dir: str | Path, chapter: str, claims: dict) -> None:
     data[chapter] = json.loads(json.dumps(claims, default=_plain))
     text = json.dumps(dict(sorted(data.items())), indent=2, sort_keys=True) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def record_timings(out_dir: str | Path, name: str, timings: dict) -> Path:
+    """Merge ``timings`` under ``name`` into ``out_dir/.timings.json``: how long things
+    took, kept out of the tables; the runner copies them into the notebook's manifest
+    entry (``timings``)."""
+    import json
+
+    path = Path(out_dir) / TIMINGS_FILE
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[name] = json.loads(json.dumps(timings, default=_plain))
+    text = json.dumps(dict(sorted(data.items())), indent=2, sort_keys=True) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_claims(out_dir: str | Path) -> dict:
