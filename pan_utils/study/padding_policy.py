@@ -225,3 +225,31 @@ def pan_mean_maps(model: nn.Module, images: torch.Tensor, pans: pd.DataFrame, *,
     out = pd.concat(frames, ignore_index=True).rename(
         columns={"row": "y", "col": "x", "value": "activation"})
     return out.sort_values(["pan", "y", "x"], ignore_index=True)[cols]
+
+
+def scale_table(runs: dict[str, tuple[pd.DataFrame, pd.DataFrame]], *, task: str = "location",
+                policy: str = "zeros") -> pd.DataFrame:
+    """The size/length trend of one task × policy (docs/METHOD.md §8.5): for each named
+    configuration, given as (run table, its per-epoch table), one row per epoch with the
+    net's size, the seeds, and the mean (and the minimum over seeds) of the PAN counts
+    at tau and tau/2 and of max |d|; ``final`` marks the trained net's last epoch."""
+    rows = []
+    for config, (table, epochs) in runs.items():
+        t = table[(table["task"] == task) & (table["policy"] == policy)]
+        e = epochs[(epochs["task"] == task) & (epochs["policy"] == policy)]
+        if t.empty:
+            continue
+        for epoch, g in e.groupby("epoch"):
+            rows.append({"config": config, "task": task, "policy": policy,
+                         "width": int(t["width"].iloc[0]), "depth": int(t["depth"].iloc[0]),
+                         "n_train": int(t["n_train"].iloc[0]),
+                         "params": int(t["parameters"].iloc[0]),
+                         "epochs": int(t["epochs"].iloc[0]), "epoch": int(epoch),
+                         "final": bool(epoch == int(t["epochs"].iloc[0])),
+                         "seeds": int(g["seed"].nunique()), "pans": g["pans"].mean(),
+                         "pans_min": int(g["pans"].min()),
+                         "pans_half_tau": g["pans_half_tau"].mean(),
+                         "max_abs_d": g["max_abs_d"].mean(),
+                         "test_accuracy": g["test_accuracy"].mean(),
+                         "train_seconds": t["train_seconds"].mean()})
+    return pd.DataFrame(rows)
