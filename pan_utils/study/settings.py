@@ -42,7 +42,7 @@ class Settings:
     # scale run (§8.5): one larger zero-padded net on the location task, first seed
     scale_width: int = 16
     scale_depth: int = 1
-    scale_epochs: int = 8
+    scale_epochs: int = 6
     scale_patches: int = 1536
     image_size: int | None = None  # None: each model's own input size
     data_dir: str | None = None  # an image folder instead of the bundled photos
