@@ -598,17 +598,18 @@ def policy_pans_over_training(epochs: pd.DataFrame, policies=None, tau: float | 
         d = epochs[epochs["task"] == task]
         for i, (col, label) in enumerate(rows):
             ax = axes[i, j]
+            top = 1.0
             for pol in policies:
                 g = d[d["policy"] == pol].groupby("epoch")[col]
                 if not len(g):
                     continue
                 m, s = g.mean(), g.std().fillna(0.0)
+                top = max(top, float((m + s).max()))
                 ax.plot(m.index, m.to_numpy(), marker="o", ms=3.5, color=colors[pol], label=pol)
                 ax.fill_between(m.index, (m - s).clip(lower=0).to_numpy(), (m + s).to_numpy(),
                                 color=colors[pol], alpha=0.18, lw=0)
-            top = float(d[col].max()) if len(d) else 0.0
             ax.set_ylabel(label)
-            ax.set_ylim(-0.05 * max(top, 1.0), max(top, 1.0) * 1.15)
+            ax.set_ylim(-0.05 * top, top * 1.1)
             if i == 0:
                 ax.set_title(f"{task} task")
             if i == 1:
@@ -640,9 +641,8 @@ def policy_generalisation(table: pd.DataFrame, policies=None) -> plt.Figure:
                   jitter=0.08, legend=False)
     chance = float(table["chance"].iloc[0])
     ax.axhline(chance, color="k", ls="--", lw=1)
-    ax.text(len(policies) - 0.5, chance + 0.015, f"chance = {chance:.2f}", ha="right",
-            va="bottom", fontsize=8,
-            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1, "alpha": 0.8})
+    ax.text(-0.45, chance + 0.015, f"chance = {chance:.2f}", ha="left", va="bottom", fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1, "alpha": 0.8}, zorder=5)
     ax.legend(title="test positions", fontsize=8, title_fontsize=8, loc="upper right")
     n_seeds = table["seed"].nunique()
     ax.set(xlabel="padding policy", ylabel="test accuracy", ylim=(0, 1.1),
