@@ -182,3 +182,100 @@ def test_pan_mean_maps_equal_brute_force_means_with_bn_sign():
         got = maps[maps["pan"] == pan].pivot(index="y", columns="x", values="activation")
         assert torch.allclose(torch.tensor(got.to_numpy(), dtype=torch.float32),
                               sign * y[channel], atol=1e-5)
+
+
+# ------------------------------------------------------------ per-epoch tracking
+
+
+def test_epoch_callback_sees_every_epoch_and_leaves_training_unchanged():
+    data = tasks.location_task(40, 8, size=16, obj=6, seed=1)
+
+    def fit(callback):
+        m = build_model("zeros", 4, width=4, depth=1, image_size=16, seed=0)
+        out = training.train_model(m, data, epochs=3, batch_size=16, seed=0, progress=False,
+                                   on_epoch=callback)
+        return m, out
+
+    seen = []
+
+    def callback(epoch, model):
+        assert not model.training and not torch.is_grad_enabled()
+        torch.rand(5)  # a callback that draws from the global RNG must not matter
+        seen.append((epoch, {k: v.clone() for k, v in model.state_dict().items()}))
+
+    ref, out_ref = fit(None)
+    m, out = fit(callback)
+    assert [e for e, _ in seen] == [1, 2, 3] and out["epochs"] == out_ref["epochs"] == 3
+    assert out["steps"] == out_ref["steps"] == 9
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, m.state_dict()[k]), k
+        assert torch.equal(v, seen[-1][1][k]), k  # the last call saw the final weights
+    assert not torch.equal(seen[0][1]["stem.0.weight"], seen[-1][1]["stem.0.weight"])
+    assert not m.training
+
+
+def test_epoch_callback_runs_once_when_max_steps_stops_mid_epoch():
+    data = tasks.location_task(40, 8, size=16, obj=6, seed=1)
+    m = build_model("zeros", 4, width=4, image_size=16, seed=0)
+    seen = []
+    out = training.train_model(m, data, epochs=4, batch_size=16, max_steps=7, seed=0,
+                               progress=False, on_epoch=lambda e, _: seen.append(e))
+    assert out["steps"] == 7 and seen == [1, 2, 3]  # 3 steps per epoch; the third is cut
+
+
+def test_run_one_epoch_log_matches_final_row():
+    data = tasks.location_task(64, 16, size=16, obj=6, seed=2)
+    log = []
+    row, _, _ = padding_policy.run_one(data, "zeros", 0, width=4, epochs=2, batch_size=16,
+                                       n_scan=16, progress=False, epoch_log=log)
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert set(log[0]) == {"task", "policy", "seed", "epoch", "pans", "pans_half_tau",
+                           "max_abs_d", "test_accuracy"}
+    for k in ("pans", "pans_half_tau", "max_abs_d", "test_accuracy"):
+        assert log[-1][k] == row[k]
+
+
+# ------------------------------------------------------------ generalisation task
+
+
+def test_generalisation_regions_are_disjoint_and_similar_uses_training_positions():
+    for size, obj in ((40, 12), (48, 16), (32, 16)):
+        r = tasks.generalisation_regions(size, obj)
+        assert r["similar"] == r["train"]
+        (a0, a1), (b0, b1) = r["train"], r["dissimilar"]
+        # a patch spans columns [x0, x0 + obj): left ones end by size/2, right ones start there
+        assert a0 == 0 and a1 + obj <= size // 2 <= b0 and b1 + obj == size
+    data = tasks.generalisation_task(30, 20, size=32, obj=12, seed=0)
+    pos = data.info["positions"]
+    half = 16
+    assert (pos["train"][:, 1] + 12 <= half).all() and (pos["similar"][:, 1] + 12 <= half).all()
+    assert (pos["dissimilar"][:, 1] >= half).all()
+    assert set(map(int, pos["similar"][:, 1])) <= set(range(0, half - 12 + 1))
+    assert (pos["dissimilar"][:, 1] == pos["similar"][:, 1] + half).all()  # paired splits
+    for p in pos.values():
+        assert (p[:, 0] >= 0).all() and (p[:, 0] + 12 <= 32).all()
+    assert data.x_train.shape == (30, 3, 32, 32) and data.info["dissimilar"][0].shape == (20, 3, 32, 32)
+    assert torch.equal(data.y_test, data.info["dissimilar"][1])
+
+
+def test_generalisation_patches_sit_where_recorded_and_pixels_are_disjoint():
+    # flat photos: black train columns, white test columns; a flat grey texture
+    photos = []
+    for i, (h, w) in enumerate([(120, 200), (150, 170)]):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:, tasks.content_regions(w)[1][0]:] = 255
+        photos.append((f"p{i}", img))
+    grey = [("grey", np.full((64, 64, 3), 128, np.uint8))]
+    data = tasks.generalisation_task(12, 10, size=32, obj=10, seed=3, photos=photos,
+                                     textures=grey, min_crop=16, max_crop=40,
+                                     photo_side=None)
+    lo = (0 - tasks.TASK_MEAN[0]) / tasks.TASK_STD[0]
+    hi = (1 - tasks.TASK_MEAN[0]) / tasks.TASK_STD[0]
+    splits = {"train": (data.x_train, lo), "similar": (data.x_test, hi),
+              "dissimilar": (data.info["dissimilar"][0], hi)}
+    for name, (x, value) in splits.items():
+        for img, (y0, x0) in zip(x, data.info["positions"][name]):
+            inside = torch.zeros(32, 32, dtype=torch.bool)
+            inside[y0:y0 + 10, x0:x0 + 10] = True
+            assert torch.allclose(img[:, inside], torch.full_like(img[:, inside], value))
+            assert (img[:, ~inside] - value).abs().min() > 0.5  # background is grey

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
 from ..engine.types import TYPE_ORDER
 
@@ -580,5 +581,77 @@ def policy_pan_maps(maps: pd.DataFrame, tau: float | None = None,
                 f"the others below")
     fig.suptitle(head + "\nmean over test images; one colour scale per row, centred on 0",
                  fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def policy_pans_over_training(epochs: pd.DataFrame, policies=None, tau: float | None = None
+                              ) -> plt.Figure:
+    """PAN counts after every epoch, per task (columns): the rule at tau/2 (top row) and
+    at tau (bottom row), one line per padding policy (mean over seeds) with a ± sd band."""
+    policies = list(policies or epochs["policy"].drop_duplicates())
+    tasks = list(epochs["task"].drop_duplicates())
+    colors = _policy_colors(policies)
+    t = f"{tau:g}" if tau is not None else "tau"
+    t2 = f"{tau / 2:g}" if tau is not None else "tau/2"
+    rows = [("pans_half_tau", f"channels passing at |d| ≥ {t2}"), ("pans", f"PANs at |d| ≥ {t}")]
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 6.2), squeeze=False,
+                             sharex=True)
+    for j, task in enumerate(tasks):
+        d = epochs[epochs["task"] == task]
+        for i, (col, label) in enumerate(rows):
+            ax = axes[i, j]
+            top = 1.0
+            for pol in policies:
+                g = d[d["policy"] == pol].groupby("epoch")[col]
+                if not len(g):
+                    continue
+                m, s = g.mean(), g.std().fillna(0.0)
+                top = max(top, float((m + s).max()))
+                ax.plot(m.index, m.to_numpy(), marker="o", ms=3.5, color=colors[pol], label=pol)
+                ax.fill_between(m.index, (m - s).clip(lower=0).to_numpy(), (m + s).to_numpy(),
+                                color=colors[pol], alpha=0.18, lw=0)
+            ax.set_ylabel(label)
+            ax.set_ylim(-0.05 * top, top * 1.1)
+            if i == 0:
+                ax.set_title(f"{task} task")
+            if i == 1:
+                ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0, 0].legend(fontsize=8, title="policy", title_fontsize=8)
+    n_seeds = epochs["seed"].nunique()
+    fig.suptitle(f"Border channels over training: line = mean over {n_seeds} seed"
+                 f"{'s' if n_seeds != 1 else ''}, band = ± sd", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def policy_generalisation(table: pd.DataFrame, policies=None) -> plt.Figure:
+    """Accuracy at training positions (similar) and at unseen positions (dissimilar) per
+    padding policy: bars mean, whiskers ± sd, dots seeds, chance dashed."""
+    policies = list(policies or table["policy"].drop_duplicates())
+    long = table.melt(id_vars=["policy", "seed"], value_vars=["similar_accuracy",
+                      "dissimilar_accuracy"], var_name="split", value_name="accuracy")
+    long["split"] = long["split"].str.replace("_accuracy", "")
+    order = ["similar", "dissimilar"]
+    colors = dict(zip(order, (PALETTE[0], PALETTE[3])))
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    sns.barplot(data=long, x="policy", y="accuracy", hue="split", hue_order=order,
+                order=policies, errorbar="sd", palette=colors, alpha=0.6, ax=ax,
+                capsize=0.1, err_kws={"linewidth": 1.2})
+    sns.stripplot(data=long, x="policy", y="accuracy", hue="split", hue_order=order,
+                  order=policies, dodge=True, palette=["k", "k"], size=3.5, ax=ax,
+                  jitter=0.08, legend=False)
+    chance = float(table["chance"].iloc[0])
+    ax.axhline(chance, color="k", ls="--", lw=1)
+    ax.text(-0.45, chance + 0.015, f"chance = {chance:.2f}", ha="left", va="bottom", fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1, "alpha": 0.8}, zorder=5)
+    ax.legend(title="test positions", fontsize=8, title_fontsize=8, loc="upper right")
+    n_seeds = table["seed"].nunique()
+    ax.set(xlabel="padding policy", ylabel="test accuracy", ylim=(0, 1.1),
+           title=f"Trained on left-half positions; tested there (similar) and on the right "
+                 f"half (dissimilar)\nbars mean, whiskers ± sd, dots {n_seeds} "
+                 f"seed{'s' if n_seeds != 1 else ''}")
+    ax.title.set_fontsize(9)
     fig.tight_layout()
     return fig

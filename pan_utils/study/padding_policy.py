@@ -17,7 +17,7 @@ from ..engine.rule import decide_pans
 from ..engine.scan import ScanError, find_pans
 from .identification import maps_table
 from .nets import POLICIES, build_model, n_parameters
-from .tasks import TaskData
+from .tasks import TaskData, dissimilar_split
 from .training import evaluate, train_model
 
 
@@ -81,20 +81,39 @@ def scan_trained(model: nn.Module, images: torch.Tensor, *, tau: float = 3.0,
 def run_one(data: TaskData, policy: str, seed: int, *, width: int = 16, depth: int = 1,
             epochs: int = 4, batch_size: int = 128, lr: float = 3e-3, n_scan: int = 256,
             tau: float = 3.0, consistency: float = 0.95, device: str = "cpu",
-            max_steps: int | None = None, progress: bool = True
-            ) -> tuple[dict, nn.Module, pd.DataFrame]:
+            max_steps: int | None = None, progress: bool = True,
+            epoch_log: list | None = None) -> tuple[dict, nn.Module, pd.DataFrame]:
     """Train one (task, policy, seed), test it, scan it: (row, model, pans).
+
+    With ``epoch_log`` (a list), the net is also tested and scanned after every epoch
+    (same scan images and rule) and one dict per epoch is appended: task, policy, seed,
+    epoch, pans, pans_half_tau, max_abs_d, test_accuracy. The last epoch's scan is the
+    final one, so tracking costs one scan per earlier epoch.
 
     The row holds no wall-clock time (a rerun must give the same table);
     ``run_comparison`` records ``fit_seconds`` in the table's ``attrs`` instead."""
     model = build_model(policy, len(data.classes), width=width, depth=depth,
                         image_size=data.image_size, seed=seed)
+    scan_x = data.x_test[:n_scan].to(device)
+    last: dict = {}
+
+    def track(epoch: int, net: nn.Module) -> None:
+        table, counts = scan_trained(net, scan_x, tau=tau, consistency=consistency)
+        acc = evaluate(net, data, device=device)
+        last.update(epoch=epoch, table=table, counts=counts, acc=acc)
+        epoch_log.append({"task": data.name, "policy": policy, "seed": seed, "epoch": epoch,
+                          "pans": counts["pans"], "pans_half_tau": counts["pans_half_tau"],
+                          "max_abs_d": counts["max_abs_d"], "test_accuracy": acc})
+
     fit = train_model(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       device=device, max_steps=max_steps, progress=progress,
-                      desc=f"{data.name}/{policy}/s{seed}")
-    acc = evaluate(model, data, device=device)
-    scan_x = data.x_test[:n_scan].to(device)
-    pans, counts = scan_trained(model, scan_x, tau=tau, consistency=consistency)
+                      desc=f"{data.name}/{policy}/s{seed}",
+                      on_epoch=track if epoch_log is not None else None)
+    if last.get("epoch") == fit["epochs"]:  # the model the last callback saw
+        acc, pans, counts = last["acc"], last["table"], last["counts"]
+    else:
+        acc = evaluate(model, data, device=device)
+        pans, counts = scan_trained(model, scan_x, tau=tau, consistency=consistency)
     row = _Row({"task": data.name, "policy": policy, "seed": seed, "test_accuracy": acc,
            "chance": data.chance, **counts,
            "epochs": epochs, "steps": fit["steps"], "n_train": data.n_train,
@@ -113,16 +132,19 @@ class _Row(dict):
 
 def run_comparison(tasks: Sequence[TaskData], policies: Sequence[str] = POLICIES,
                    seeds: Sequence[int] = (0, 1, 2), *, keep: tuple[str, int] = ("zeros", 0),
-                   progress: bool = True, **kw) -> tuple[pd.DataFrame, dict, dict]:
+                   progress: bool = True, epoch_log: list | None = None, **kw
+                   ) -> tuple[pd.DataFrame, dict, dict]:
     """Every task × policy × seed. Returns (table, kept models, their PANs), keeping the
-    models of policy/seed ``keep`` per task (for the activation-map figure).
+    models of policy/seed ``keep`` per task (for the activation-map figure). With
+    ``epoch_log`` (a list), every run appends its per-epoch rows (see ``run_one``).
 
     Training times go in ``table.attrs["timings"]``, not in a column: ``write_table``
     hands them to the runner's manifest, so the written table is the same on a rerun."""
     rows, models, pans_kept = [], {}, {}
     jobs = [(t, p, s) for t in tasks for p in policies for s in seeds]
     for data, policy, seed in progress_bar(jobs, desc="trainings", enabled=progress):
-        row, model, pans = run_one(data, policy, seed, progress=False, **kw)
+        row, model, pans = run_one(data, policy, seed, progress=False, epoch_log=epoch_log,
+                                   **kw)
         rows.append(row)
         if (policy, seed) == tuple(keep):
             models[data.name], pans_kept[data.name] = model, pans
@@ -131,6 +153,54 @@ def run_comparison(tasks: Sequence[TaskData], policies: Sequence[str] = POLICIES
         f"{r['task']}/{r['policy']}/seed{r['seed']}": round(r.attrs["train_seconds"], 2)
         for r in rows}}
     return table, models, pans_kept
+
+
+def run_generalisation(data: TaskData, policies: Sequence[str] = POLICIES,
+                       seeds: Sequence[int] = (0, 1, 2), *, progress: bool = True, **kw
+                       ) -> pd.DataFrame:
+    """Kayhan & van Gemert's protocol (docs/METHOD.md §8.4) on ``tasks.generalisation_task``:
+    every policy × seed trained on the left-half positions, tested at the same positions
+    (``similar``) and at right-half positions never seen in training (``dissimilar``).
+    One row per run: accuracies on both splits, their gap, and the scan counts (on
+    similar-split images)."""
+    far = dissimilar_split(data)
+    rows = []
+    jobs = [(p, s) for p in policies for s in seeds]
+    for policy, seed in progress_bar(jobs, desc="generalisation", enabled=progress):
+        row, model, _ = run_one(data, policy, seed, progress=False, **kw)
+        dev = kw.get("device", "cpu")
+        row["similar_accuracy"] = row.pop("test_accuracy")
+        row["dissimilar_accuracy"] = evaluate(model, far, device=dev)
+        row["gap"] = row["similar_accuracy"] - row["dissimilar_accuracy"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize_generalisation(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± sd over seeds per policy of the similar and dissimilar accuracies and
+    their gap (sd 0 with one seed)."""
+    g = table.groupby("policy", sort=False)
+    out = g.agg(seeds=("seed", "nunique"), chance=("chance", "first"),
+                similar_mean=("similar_accuracy", "mean"),
+                similar_sd=("similar_accuracy", "std"),
+                dissimilar_mean=("dissimilar_accuracy", "mean"),
+                dissimilar_sd=("dissimilar_accuracy", "std"),
+                gap_mean=("gap", "mean"), gap_sd=("gap", "std"),
+                pans_mean=("pans", "mean"), pans_half_tau_mean=("pans_half_tau", "mean"),
+                max_abs_d_mean=("max_abs_d", "mean")).reset_index()
+    return out.fillna({"similar_sd": 0.0, "dissimilar_sd": 0.0, "gap_sd": 0.0})
+
+
+def summarize_epochs(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Per task × policy × epoch: mean and sd over seeds of the PAN counts at tau and
+    tau/2, max |d| and test accuracy (sd 0 with one seed)."""
+    g = epochs.groupby(["task", "policy", "epoch"], sort=False)
+    out = g.agg(seeds=("seed", "nunique"), pans_mean=("pans", "mean"),
+                pans_sd=("pans", "std"), pans_half_tau_mean=("pans_half_tau", "mean"),
+                pans_half_tau_sd=("pans_half_tau", "std"),
+                max_abs_d_mean=("max_abs_d", "mean"), max_abs_d_sd=("max_abs_d", "std"),
+                accuracy_mean=("test_accuracy", "mean")).reset_index()
+    return out.fillna({"pans_sd": 0.0, "pans_half_tau_sd": 0.0, "max_abs_d_sd": 0.0})
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
@@ -171,3 +241,30 @@ def pan_mean_maps(model: nn.Module, images: torch.Tensor, pans: pd.DataFrame, *,
     out = pd.concat(frames, ignore_index=True).rename(
         columns={"row": "y", "col": "x", "value": "activation"})
     return out.sort_values(["pan", "y", "x"], ignore_index=True)[cols]
+
+
+def scale_table(runs: dict[str, tuple[pd.DataFrame, pd.DataFrame]], *, task: str = "location",
+                policy: str = "zeros") -> pd.DataFrame:
+    """The size/length trend of one task × policy (docs/METHOD.md §8.5): for each named
+    configuration, given as (run table, its per-epoch table), one row per epoch with the
+    net's size, the seeds, and the mean (and the minimum over seeds) of the PAN counts
+    at tau and tau/2 and of max |d|; ``final`` marks the trained net's last epoch."""
+    rows = []
+    for config, (table, epochs) in runs.items():
+        t = table[(table["task"] == task) & (table["policy"] == policy)]
+        e = epochs[(epochs["task"] == task) & (epochs["policy"] == policy)]
+        if t.empty:
+            continue
+        for epoch, g in e.groupby("epoch"):
+            rows.append({"config": config, "task": task, "policy": policy,
+                         "width": int(t["width"].iloc[0]), "depth": int(t["depth"].iloc[0]),
+                         "n_train": int(t["n_train"].iloc[0]),
+                         "params": int(t["parameters"].iloc[0]),
+                         "epochs": int(t["epochs"].iloc[0]), "epoch": int(epoch),
+                         "final": bool(epoch == int(t["epochs"].iloc[0])),
+                         "seeds": int(g["seed"].nunique()), "pans": g["pans"].mean(),
+                         "pans_min": int(g["pans"].min()),
+                         "pans_half_tau": g["pans_half_tau"].mean(),
+                         "max_abs_d": g["max_abs_d"].mean(),
+                         "test_accuracy": g["test_accuracy"].mean()})
+    return pd.DataFrame(rows)

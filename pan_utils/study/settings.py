@@ -35,6 +35,15 @@ class Settings:
     train_depth: int
     train_test_patches: int
     train_scan_images: int
+    # generalisation task (docs/METHOD.md §8.4): its own, smaller budget
+    gen_patches: int = 1024
+    gen_epochs: int = 3
+    gen_width: int = 8
+    # scale run (§8.5): one larger zero-padded net on the location task, first seed
+    scale_width: int = 16
+    scale_depth: int = 1
+    scale_epochs: int = 6
+    scale_patches: int = 1536
     image_size: int | None = None  # None: each model's own input size
     data_dir: str | None = None  # an image folder instead of the bundled photos
     device: str = "cpu"  # cpu, cuda or auto
@@ -72,7 +81,9 @@ def _frozen(v: Any) -> Any:
 
 
 _TRAIN_SMALL = dict(train_seeds=(0,), train_epochs=1, train_patches=64, train_width=4,
-                    train_depth=1, train_test_patches=32, train_scan_images=32)
+                    train_depth=1, train_test_patches=32, train_scan_images=32,
+                    gen_patches=40, gen_epochs=1, gen_width=4, scale_width=4, scale_depth=1,
+                    scale_epochs=2, scale_patches=64)
 
 DEFAULT_MODELS = ("mobilenet_v2", "efficientnet_lite0", "crnn_english", "mtcnn_pnet",
                   "mtcnn_rnet", "mtcnn_onet")
@@ -100,7 +111,8 @@ PROFILES: dict[str, Settings] = {
         "efficientnet_lite0"), n_images=1024, n_eval=5000, batch_size=64,
         n_random_draws=10, train_seeds=(0, 1, 2, 3, 4), train_epochs=30, train_patches=8192,
         train_width=32, train_depth=2, train_test_patches=2048, train_scan_images=512,
-        device="auto"),
+        gen_patches=8192, gen_epochs=30, gen_width=32, scale_width=64, scale_depth=3,
+        scale_epochs=60, scale_patches=16384, device="auto"),
 }
 
 

@@ -3,6 +3,10 @@ the bundled photos, and a user's image folder as the content task (paper profile
 
 - content: which photo a patch comes from (train and test patches from disjoint
   column ranges of each photo);
+- generalisation: which photo a patch comes from (as content), pasted on a textured
+  canvas; training positions lie in the left half only, and the test has a *similar*
+  split (left half) and a *dissimilar* split (right half, never seen in training), the
+  protocol of Kayhan & van Gemert (CVPR 2020);
 - location: in which quadrant of a canvas a small object sits. The background is a
   texture tile repeated 2×2, and the object's jitter is the same in every quadrant, so
   rolling a canvas by half its size maps one class onto another without changing the
@@ -25,6 +29,7 @@ from ..engine.probes import (IMAGENET_MEAN, IMAGENET_STD, ImageFiles, ProbeError
 from .nets import TrainingError
 
 TASKS = ("content", "location")
+GENERALISATION = "generalisation"
 # Fixed normalisation for the synthetic tasks (images in [0, 1]).
 TASK_MEAN = (0.5, 0.5, 0.5)
 TASK_STD = (0.25, 0.25, 0.25)
@@ -203,6 +208,90 @@ def location_task(n_train: int = 2048, n_test: int = 512, *, size: int = 40, obj
     x_te, y_te = _location_split(tex, objs, n_test, size, obj, rng, background_contrast)
     return TaskData("location", list(LOCATION_CLASSES), size, x_tr, y_tr, x_te, y_te,
                     info={"object": obj})
+
+
+def generalisation_regions(size: int, obj: int) -> dict[str, tuple[int, int]]:
+    """Ranges [lo, hi] (inclusive) of a pasted patch's left column ``x0`` per split: the
+    patch (``obj`` px wide) lies wholly in the left half of the canvas for 'train' and
+    'similar', wholly in the right half for 'dissimilar'. Rows are free: y0 in [0, size-obj]."""
+    half = size // 2
+    return {"train": (0, half - obj), "similar": (0, half - obj),
+            "dissimilar": (half, size - obj)}
+
+
+def _generalisation_split(photos, textures, n: int, size: int, obj: int, region: str,
+                          cols: str, rng: np.random.Generator, train_frac: float,
+                          min_crop: int, max_crop: int, background_contrast: float):
+    lo, hi = generalisation_regions(size, obj)[region]
+    xs, ys, pos = [], [], []
+    for i in range(n):
+        label = i % len(photos)
+        _, tex = textures[int(rng.integers(len(textures)))]
+        top, left, ch, cw = random_crop_box(rng, tex.shape[0], tex.shape[1], 0.05)
+        canvas = _resize(tex[top:top + ch, left:left + cw], size)
+        canvas = canvas.mean() + background_contrast * (canvas - canvas.mean())
+        img = photos[label][1]
+        c0, c1 = content_regions(img.shape[1], train_frac)[0 if cols == "train" else 1]
+        part = img[:, c0:c1]
+        h, w = part.shape[:2]
+        side = int(rng.integers(min(min_crop, h, w), min(max_crop, h, w) + 1))
+        t = int(rng.integers(0, h - side + 1))
+        l = int(rng.integers(0, w - side + 1))
+        patch = _resize(part[t:t + side, l:l + side], obj)
+        if rng.random() < 0.5:
+            patch = patch.flip(-1)
+        y0 = int(rng.integers(0, size - obj + 1))
+        x0 = lo + int(rng.integers(0, hi - lo + 1))  # same draws for every region
+        canvas[:, y0:y0 + obj, x0:x0 + obj] = patch
+        xs.append(canvas.clamp_(0, 1))
+        ys.append(label)
+        pos.append((y0, x0))
+    order = rng.permutation(n)
+    x = normalize(torch.stack(xs), TASK_MEAN, TASK_STD)[torch.from_numpy(order)]
+    y = torch.tensor(ys, dtype=torch.long)[torch.from_numpy(order)]
+    return x, y, np.asarray(pos, dtype=int).reshape(-1, 2)[order]
+
+
+def generalisation_task(n_train: int = 2048, n_test: int = 512, *, size: int = 48,
+                        obj: int = 16, seed: int = 0, photos: Sequence = CONTENT_PHOTOS,
+                        textures: Sequence[str] = TEXTURE_PHOTOS, train_frac: float = 0.7,
+                        min_crop: int = 24, max_crop: int = 96, photo_side: int | None = 384,
+                        background_contrast: float = 0.5) -> TaskData:
+    """Kayhan & van Gemert's similar/dissimilar protocol on the content classes.
+
+    Each image is a texture canvas (``size``², contrast scaled by
+    ``background_contrast``) with an ``obj``² crop of one of the content photos pasted
+    on it; the label is the photo. Training patches sit wholly in the left half of the
+    canvas; the test has a *similar* split at the same positions (``x_test``/``y_test``)
+    and a *dissimilar* split wholly in the right half, positions never seen in training
+    (``info['dissimilar']``: a (x, y) pair). Patch pixels are disjoint between train and
+    test as in ``content_task`` (left ``train_frac`` of each photo's columns for training,
+    the rest for both test splits). The two test splits are drawn from the same stream:
+    image i of the dissimilar split is image i of the similar one with its patch moved
+    right by ``size/2``, so they differ in position only. ``info['positions']`` holds each image's (y0, x0)
+    per split and ``info['regions']`` the x0 ranges of ``generalisation_regions``."""
+    if size % 2 or obj > size // 2:
+        raise TrainingError(f"size must be even and obj at most size/2; got {size}, {obj}")
+    ph, tex = _photos(photos, photo_side), _photos(textures, 160)
+    args = (train_frac, min_crop, max_crop, background_contrast)
+    x_tr, y_tr, p_tr = _generalisation_split(ph, tex, n_train, size, obj, "train", "train",
+                                             np.random.default_rng([seed, 5]), *args)
+    x_si, y_si, p_si = _generalisation_split(ph, tex, n_test, size, obj, "similar", "test",
+                                             np.random.default_rng([seed, 6]), *args)
+    x_di, y_di, p_di = _generalisation_split(ph, tex, n_test, size, obj, "dissimilar", "test",
+                                             np.random.default_rng([seed, 6]), *args)
+    return TaskData(GENERALISATION, [n for n, _ in ph], size, x_tr, y_tr, x_si, y_si,
+                    info={"object": obj, "dissimilar": (x_di, y_di),
+                          "positions": {"train": p_tr, "similar": p_si, "dissimilar": p_di},
+                          "regions": generalisation_regions(size, obj)})
+
+
+def dissimilar_split(data: TaskData) -> TaskData:
+    """The generalisation task with its dissimilar split as the test split."""
+    import dataclasses
+
+    x, y = data.info["dissimilar"]
+    return dataclasses.replace(data, x_test=x, y_test=y)
 
 
 def imagefolder_task(root: str | Path, *, size: int = 32, test_frac: float = 0.2,

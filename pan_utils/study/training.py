@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -54,10 +54,18 @@ def evaluate(model: nn.Module, data: TaskData, *, batch_size: int = 256,
 def train_model(model: nn.Module, data: TaskData, *, epochs: int = 4, batch_size: int = 128,
                 lr: float = 3e-3, weight_decay: float = 5e-4, seed: int = 0,
                 device: str | torch.device = "cpu", max_steps: int | None = None,
-                progress: bool = True, desc: str = "train") -> dict:
+                progress: bool = True, desc: str = "train",
+                on_epoch: Callable[[int, nn.Module], None] | None = None) -> dict:
     """AdamW with a one-cycle schedule; deterministic data order from ``seed``.
 
-    Returns {'train_seconds', 'steps', 'final_loss'}; the model is left in eval mode."""
+    ``on_epoch(epoch, model)`` (epochs counted from 1) is called after every pass over the
+    training data, and after the last step when ``max_steps`` ends training mid-epoch. It
+    runs with the model in eval mode and without gradients, and the global torch RNG state
+    is restored afterwards, so a callback that only measures leaves training bit-identical
+    to a run without it. Its time is not counted in ``train_seconds``.
+
+    Returns {'train_seconds', 'steps', 'epochs', 'final_loss'}; the model is left in eval
+    mode."""
     device = torch.device(device)
     model.to(device)
     gen = torch.Generator().manual_seed(seed)
@@ -69,7 +77,8 @@ def train_model(model: nn.Module, data: TaskData, *, epochs: int = 4, batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total, 1),
                                                 pct_start=0.25)
     model.train()
-    step, loss_v = 0, float("nan")
+    step, epoch, loss_v = 0, 0, float("nan")
+    spent = 0.0  # seconds inside on_epoch, not training
     t0 = time.perf_counter()
     bar = progress_bar(total=total, desc=desc, unit="step", enabled=progress, leave=False)
     # Training stays in NCHW: oneDNN's channels-last weight gradient for 1x1 convolutions
@@ -90,7 +99,28 @@ def train_model(model: nn.Module, data: TaskData, *, epochs: int = 4, batch_size
                 bar.update(1)
                 if step >= total:
                     break
+            epoch += 1
+            if on_epoch is not None:
+                spent += _measure(on_epoch, epoch, model)
     finally:
         bar.close()
         model.eval()
-    return {"train_seconds": time.perf_counter() - t0, "steps": step, "final_loss": loss_v}
+    return {"train_seconds": time.perf_counter() - t0 - spent, "steps": step,
+            "epochs": epoch, "final_loss": loss_v}
+
+
+def _measure(on_epoch: Callable[[int, nn.Module], None], epoch: int, model: nn.Module
+             ) -> float:
+    """Run the epoch callback in eval mode, without gradients, leaving the RNG state and
+    every module's training flag as they were; returns its seconds."""
+    t = time.perf_counter()
+    rng = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        with eval_mode(model), torch.no_grad():
+            on_epoch(epoch, model)
+    finally:
+        torch.set_rng_state(rng)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+    return time.perf_counter() - t
