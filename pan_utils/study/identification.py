@@ -79,12 +79,13 @@ def calibration_images(loaded: LoadedModel, settings: Settings, size: int):
     n = min(settings.n_images, CALIBRATION_IMAGES)
     if settings.data_dir:
         scan_files = set(probe_images(loaded, settings, size).files)
-        probe = ImageFolderProbe(settings.data_dir, size, p.mean, p.std)
+        probe = ImageFolderProbe(settings.data_dir, size, p.mean, p.std,
+                                 channels=p.channels)
         rest = [f for f in probe.files if f not in scan_files] or probe.files
         probe.files = rest[:n]
         return probe
     return bundled_images(n, size, seed=settings.seed + 2, split="eval", mean=p.mean,
-                          std=p.std)
+                          std=p.std, channels=p.channels)
 
 
 def channel_scores(scores: pd.DataFrame, pans: pd.DataFrame, mode: str = "native"
