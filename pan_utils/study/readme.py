@@ -158,6 +158,25 @@ def _padding_policy(results: Path) -> list[str]:
     return lines
 
 
+def _training_evidence(results: Path) -> list[str]:
+    lines = []
+    scale = read_table(results, "padding_policy_scale")
+    for r in scale[scale["final"].astype(bool)].itertuples():
+        lines.append(f"- {r.task}, {r.policy}, {r.config} (`padding_policy_scale.csv`): "
+                     f"{r.pans:.1f} PANs at tau (fewest over {r.seeds} seeds: {r.pans_min}), "
+                     f"{r.pans_half_tau:.1f} at tau/2, max |d| {r.max_abs_d:.2f}.")
+    gen = read_table(results, "padding_policy_generalisation")
+    lines += ["", "Generalisation to positions never seen in training (similar / dissimilar "
+              f"test positions, mean ± sd over {int(gen['seeds'].max())} seeds, chance "
+              f"{_pct(gen['chance'].iloc[0])}; `padding_policy_generalisation.csv`):", "",
+              "| policy | similar | dissimilar | gap |", "|---|---|---|---|"]
+    for r in gen.itertuples():
+        lines.append(f"| {r.policy} | {_pct(r.similar_mean)} ± {_pct(r.similar_sd)} | "
+                     f"{_pct(r.dissimilar_mean)} ± {_pct(r.dissimilar_sd)} | "
+                     f"{100 * r.gap_mean:+.1f} ± {100 * r.gap_sd:.1f} pts |")
+    return lines
+
+
 def findings(results: str | Path = "results") -> str:
     """The findings block, markers included, from the tables in ``results``."""
     results = Path(results)
@@ -165,7 +184,7 @@ def findings(results: str | Path = "results") -> str:
              "**Taxonomy** (chapter 2)", "", *_taxonomy(results), "",
              "**Ablation** (chapter 3)", "", *_ablation(results), "",
              "**Padding policy, trained from scratch** (chapter 4)", "",
-             *_padding_policy(results), "", END]
+             *_padding_policy(results), "", *_training_evidence(results), "", END]
     return "\n".join(parts)
 
 
