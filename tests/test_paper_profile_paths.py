@@ -15,7 +15,7 @@ from pan_utils.engine.models import resolve_source
 from pan_utils.study.settings import settings
 
 WNIDS = ("n01440764", "n01443537")  # tench, goldfish: ImageNet classes 0 and 1
-PER_CLASS = 3
+PER_CLASS = 4  # 8 readable images: find_pans needs MIN_IMAGES
 TIMM_MODEL = "resnet10t"  # a small timm ResNet; random init needs no download
 
 
@@ -46,7 +46,7 @@ def test_wnid_folders_get_imagenet_label_indices(imagenet_val):
 
 def test_corrupt_file_is_skipped_with_one_counting_warning(imagenet_val):
     probe = ImageFolderProbe(imagenet_val, size=(32, 40))
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\) of 7"):
+    with pytest.warns(UserWarning, match=rf"skipped 1 unreadable image\(s\) of {2 * PER_CLASS + 1}"):
         batches = list(probe.batches(4))
     x = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
@@ -77,12 +77,14 @@ def test_cli_scan_over_the_folder_writes_both_tables(imagenet_val, tmp_path, cap
     cap = capsys.readouterr()
     assert code == 0, cap.err
     warnings_ = [line for line in cap.err.splitlines() if line.startswith("warning:")]
-    assert len(warnings_) == 1 and "skipped 1 unreadable" in warnings_[0]
+    # one line each: the corrupt file, and the photos smaller than 64 px (upscaled)
+    assert [w.split(" ")[1] for w in warnings_] == ["skipped", "upscaled"], warnings_
+    assert "skipped 1 unreadable" in warnings_[0]
     assert f"model:      {TIMM_MODEL} (random init, seed 0)" in cap.out
-    assert "6 scanned" in cap.out
+    assert f"{2 * PER_CLASS} scanned" in cap.out
     scores = pd.read_csv(out / "scores.csv")
     pans = pd.read_csv(out / "pans.csv")
-    assert set(scores["model"]) == {TIMM_MODEL} and scores["n_images"].eq(6).all()
+    assert set(scores["model"]) == {TIMM_MODEL} and scores["n_images"].eq(2 * PER_CLASS).all()
     assert list(pans.columns[:3]) == ["model", "layer", "order"]
     assert f"PANs:       {len(pans)} (" in cap.out
     assert not list(out.glob(".tmp-*"))  # no temporary file left behind
