@@ -38,12 +38,13 @@ import torch
 from pan_utils import bundled_images, find_pans, load_model, scan
 from pan_utils.engine import kernels
 from pan_utils.engine.padding import discover
+from pan_utils.engine.probes import BundledProbe
 
 
 def image_batches(n: int, size: int, batch: int, mean, std, seed: int = 0):
-    """Streamed probe batches: memory does not depend on ``n``."""
-    for i in range(0, n, batch):
-        yield bundled_images(min(batch, n - i), size, seed=seed + i, mean=mean, std=std)
+    """The bundled probes as the CLI streams them (``BundledProbe``): memory does not
+    depend on ``n``."""
+    yield from BundledProbe(n, size, seed=seed, mean=mean, std=std).batches(batch)
 
 
 def plain_forward(model, batches) -> None:

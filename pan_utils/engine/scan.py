@@ -350,6 +350,7 @@ class LayerImages:
     t: dict[str, np.ndarray]  # mode -> (N, K, C) band mean - interior mean per image
     s1: dict[str, np.ndarray]  # mode -> (N, C) interior sum per image
     s2: dict[str, np.ndarray]  # mode -> (N, C) interior sum of squares per image
+    cache: dict = field(default_factory=dict, repr=False)  # derived matrices (uncertainty)
 
 
 @dataclass

@@ -17,6 +17,17 @@ from .scan import LayerImages, PerImageStats
 NULL_MODE = "circular"
 
 
+def _signs(layer: LayerImages, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(t > 0, t < 0) as (N, K·C) float matrices, made once per layer and mode: the
+    bootstrap multiplies them by every chunk of weights."""
+    key, cache = ("signs", mode), layer.cache
+    if key not in cache:
+        t = layer.t[mode]
+        flat = t.reshape(t.shape[0], -1)
+        cache[key] = ((flat > 0).astype(np.float64), (flat < 0).astype(np.float64))
+    return cache[key]
+
+
 def _significant(layer: LayerImages, mode: str, w: np.ndarray, tau: float, consistency: float
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(|d| >= tau and consistency >= q, |d| >= tau), each (B, K, C), under weights w (B, N)."""
@@ -31,8 +42,9 @@ def _significant(layer: LayerImages, mode: str, w: np.ndarray, tau: float, consi
     degenerate = sigma <= 1e-6 * (np.abs(mean_int) + 1e-6)
     with np.errstate(invalid="ignore", divide="ignore"):
         d = mean_t / np.where(degenerate, np.nan, sigma)[:, None, :] * layer.sign
-    pos = (w @ (t > 0).reshape(n, k * c)).reshape(-1, k, c)
-    neg = (w @ (t < 0).reshape(n, k * c)).reshape(-1, k, c)
+    above, below = _signs(layer, mode)
+    pos = (w @ above).reshape(-1, k, c)
+    neg = (w @ below).reshape(-1, k, c)
     cons = np.where(mean_t > 0, pos, np.where(mean_t < 0, neg, 0)) / total[:, None, None]
     strong = np.abs(d) >= tau  # nan compares False
     return strong & (cons >= consistency), strong

@@ -410,7 +410,10 @@ def study_model(model_name: str, settings: Settings, *, n_placement: int = 64,
     ablation, shift = evaluate_conditions(model, ev, conditions, model_name=model_name,
                                           class_names=p.class_names, batch_size=bs,
                                           device=device, progress=progress)
-    placement = placement_agreement(model, first_images(ev, n_placement), conditions,
+    # Placement: every condition with the first draw of each control (a spread over draws
+    # is the main evaluation's job; this asks where the evidence lies).
+    placed = [c for c in conditions if c.draw == 0]
+    placement = placement_agreement(model, first_images(ev, n_placement), placed,
                                     scale=placement_scale, model_name=model_name,
                                     batch_size=bs, device=device, progress=progress)
     dose_conds, _ = dose_conditions(pans, native, means,

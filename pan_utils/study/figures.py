@@ -42,6 +42,9 @@ def sensitivity_curve(sens: pd.DataFrame, tau: float | None = None, models=None
     """PAN count vs tau per model: pre-trained weights, the random-init baseline (mean ±
     sd over init seeds, shaded), its uncalibrated variant and the circular null of the
     pre-trained weights; the zero line is drawn."""
+    # A model without a padded convolution has a flat zero curve: the notebook says so in
+    # words, and the figure keeps its panels for the models that can have PANs.
+    sens = sens[sens.groupby("model")["pans"].transform("max") > 0]
     null = sens["condition"] == "circular null"
     df = sens[~null | (sens["weights"] == "pretrained")]
     df = df.assign(series=np.where(df["condition"] == "circular null",

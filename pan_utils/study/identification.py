@@ -274,7 +274,8 @@ def pick_examples(pans: pd.DataFrame, scores: pd.DataFrame, n_pans: int = 4,
     top = pans.sort_values("score", ascending=False).iloc[0]
     layer = top["layer"]
     chosen = pans[pans["layer"] == layer].nlargest(n_pans, "score")
-    chosen = chosen.assign(kind="PAN", max_abs_d=chosen["score"])[
+    chosen = chosen.assign(kind="PAN", max_abs_d=chosen["score"],
+                           corners=chosen.get("corners", ""))[
         ["layer", "channel", "kind", "sides", "corners", "max_abs_d"]]
     others = scores[(scores["layer"] == layer) & ~scores["pan"]].copy()
     med = others["max_abs_d"].median()

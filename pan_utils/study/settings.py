@@ -52,8 +52,8 @@ class Settings:
     seed: int = 0
     baseline_seeds: int = 3  # random-init baselines (BatchNorm recalibrated), one per seed
     n_boot: int = 200  # bootstrap resamples of the probe images for a count's interval
-    n_dose: int = 64  # evaluation images of the dose-response (first of the set)
-    dose_points: int = 6  # values of k on the log grid, 1 .. all PANs
+    n_dose: int = 32  # evaluation images of the dose-response (first of the set)
+    dose_points: int = 5  # values of k on the log grid, 1 .. all PANs
     dose_draws: int = 3  # random-control draws per k
     n_placement: int = 64  # evaluation images placed at the centre / in a corner
     placement_scale: float = 0.5
@@ -99,7 +99,7 @@ PROFILES: dict[str, Settings] = {
     # detection, unpadded: the no-padding control). efficientnet_lite1/2 and craft load
     # offline too but cost too much CPU for this profile's ~15-minute budget.
     "default": Settings("default", DEFAULT_MODELS, n_images=256,
-                        n_eval=256, batch_size=32, n_random_draws=5,
+                        n_eval=256, batch_size=32, n_random_draws=3,
                         train_seeds=(0, 1, 2), train_epochs=3, train_patches=1536,
                         train_width=16, train_depth=1, train_test_patches=384,
                         train_scan_images=256),
