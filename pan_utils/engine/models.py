@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import archs
+from .hooks import eval_mode
 from .probes import IMAGENET_MEAN, IMAGENET_STD, iter_batches
 
 
@@ -427,9 +428,11 @@ def recalibrate_batchnorm(model: nn.Module, images, *, batch_size: int = 32) -> 
 
     A freshly initialised network keeps BatchNorm statistics of mean 0 and variance 1,
     which do not match its activations: unnormalised, they saturate deep layers and
-    inflate a random-init PAN count (docs/METHOD.md §5.2). ``torch.optim.swa_utils.
-    update_bn`` runs the images through the model in train mode with cumulative
-    averaging; weights are not touched and the model is returned in eval mode.
+    inflate a random-init PAN count (docs/METHOD.md §5.2). As ``torch.optim.swa_utils.
+    update_bn`` does, the statistics are reset and averaged cumulatively over the images;
+    unlike it, only the BatchNorm layers run in train mode, so dropout and stochastic
+    depth (EfficientNet's drop-connect) stay off and the result is deterministic. Weights
+    are not touched and the model is returned in eval mode.
 
     Args:
         model: the network (on the device the images should go to).
@@ -441,10 +444,20 @@ def recalibrate_batchnorm(model: nn.Module, images, *, batch_size: int = 32) -> 
     Example:
         >>> baseline = recalibrate_batchnorm(random_init(model, seed=1), calibration_images)
     """
-    from torch.optim.swa_utils import update_bn
-
-    with torch.inference_mode(False), torch.no_grad():
-        update_bn(iter_batches(images, batch_size), model, device=device_of(model))
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in norms]
+    device = device_of(model)
+    with eval_mode(model), torch.inference_mode(False), torch.no_grad():
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over every batch
+            bn.train()
+        try:
+            for x in iter_batches(images, batch_size):
+                model(x.to(device))
+        finally:
+            for bn, momentum in zip(norms, momenta):
+                bn.momentum = momentum
     return model.eval()
 
 
