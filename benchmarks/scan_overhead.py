@@ -1,4 +1,4 @@
-"""How close is a PAN scan to its physical limit, one plain forward pass? (DESIGN 7)
+"""How close is a PAN scan to its physical limit, one plain forward pass?
 
 Times, in one process, over the same images and batches, interleaved and repeated (the
 order of the methods rotates from one repeat to the next):
