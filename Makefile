@@ -84,7 +84,7 @@ bench: setup ## quick scan-overhead benchmark (benchmarks/scan_overhead.py --qui
 	$(PY) benchmarks/scan_overhead.py --quick
 
 clean: ## remove the smoke run, failed notebooks, leftovers of killed runs and caches (keeps .venv and results/)
-	rm -rf .make .pytest_cache .cache/failed
+	rm -rf .make .pytest_cache .cache/failed .cache/census
 	rm -rf -- "$(SMOKE_DIR)"
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 	if [ -d results ]; then find results -maxdepth 2 \( -name '.staging-*' -o -name '.tmp-*' \) \

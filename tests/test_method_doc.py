@@ -30,7 +30,9 @@ def _shown(value) -> str:
 @pytest.mark.parametrize("field", ["models", "n_images", "n_eval", "batch_size",
                                    "n_random_draws", "train_seeds", "train_epochs",
                                    "train_patches", "train_test_patches", "train_scan_images",
-                                   "train_width", "train_depth"])
+                                   "train_width", "train_depth", "census_models",
+                                   "census_architectures", "census_images",
+                                   "census_baseline_seeds"])
 def test_profile_table_matches_the_code(field):
     row = _profile_rows()[field]
     assert row == [_shown(getattr(PROFILES[n], field)) for n in NAMES], field

@@ -243,7 +243,8 @@ def discovering(model: nn.Module) -> Iterator[dict[nn.Module, ConvSite]]:
         if hit is not None and hit[1]() is inp[0] and hit[0].bn is None:
             hit[0].bn = names[mod]
             weight = mod.weight if mod.affine else torch.ones(mod.num_features)
-            hit[0].bn_sign = torch.where(weight.detach() < 0, -1.0, 1.0).float().cpu()
+            if not weight.is_meta:  # a model on the meta device has shapes, no values
+                hit[0].bn_sign = torch.where(weight.detach() < 0, -1.0, 1.0).float().cpu()
 
     forward, pre = [], []
     for m in model.modules():

@@ -660,3 +660,93 @@ def policy_generalisation(table: pd.DataFrame, policies=None) -> plt.Figure:
     ax.title.set_fontsize(9)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- 05 census
+
+
+def census_padding_kinds(summary: pd.DataFrame) -> plt.Figure:
+    """Architectures per padding kind (``census.padding_summary``), each bar split into
+    those with and without uneven-padding blind spots at their default input size."""
+    df = summary[summary["padding_kind"] != "all"].iloc[::-1]
+    total = int(summary.loc[summary["padding_kind"] == "all", "architectures"].iloc[0])
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(df) + 1.4))
+    blind = df["with_blind_spots"].to_numpy()
+    rest = df["architectures"].to_numpy() - blind
+    y = np.arange(len(df))
+    ax.barh(y, blind, color=PALETTE[3], label="with blind spots (a padded side never read)")
+    ax.barh(y, rest, left=blind, color=PALETTE[0], label="without")
+    for yi, n, frac in zip(y, df["architectures"], df["fraction"]):
+        ax.annotate(f"{n} ({100 * frac:.0f}%)", xy=(n, yi), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=9)
+    ax.set_yticks(y, df["padding_kind"])
+    ax.set_xlabel(f"architectures (of {total} CNNs, at their default input size)")
+    ax.set_ylabel("padding kind")
+    ax.set_xlim(0, df["architectures"].max() * 1.25 + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8,
+              frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def census_blind_spots(table: pd.DataFrame) -> plt.Figure:
+    """Per padded CNN: its strided padded convs and how many of them never read some padded
+    side; a marker's area counts the architectures at that point, one colour per kind."""
+    df = table[(table["status"] == "ok") & table["cnn"].fillna(False).astype(bool)
+               & (table["padded_convs"].fillna(0) > 0)]
+    pts = (df.assign(x=df["strided_padded_convs"].astype(int), y=df["blind_convs"].astype(int))
+           .groupby(["padding_kind", "x", "y"]).size().rename("n").reset_index())
+    kinds = list(df["padding_kind"].value_counts().index)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    width = 0.5 / max(len(kinds), 1)  # kinds side by side around each integer
+    for i, kind in enumerate(kinds):
+        d = pts[pts["padding_kind"] == kind]
+        x = d["x"] + (i - (len(kinds) - 1) / 2) * width
+        ax.scatter(x, d["y"], s=30 * d["n"], alpha=0.8, color=PALETTE[i % len(PALETTE)],
+                   label=f"{kind} ({int(d['n'].sum())} architectures)", edgecolor="white",
+                   linewidth=0.5)
+        for xi, yi, n in zip(x, d["y"], d["n"]):
+            if n > 1:
+                ax.annotate(str(n), (xi, yi), xytext=(0, 6 + 2 * np.sqrt(n)),
+                            textcoords="offset points", ha="center", fontsize=7)
+    top = max(int(pts["x"].max()) if len(pts) else 1, 1)
+    ax.plot([0, top], [0, top], color="0.6", ls=":", lw=1, label="every strided conv blind")
+    ax.set_xlabel("strided padded convs (kernel > 1) at the default input size")
+    ax.set_ylabel("of which blind to a padded side")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8, loc="upper left", markerscale=0.7)
+    fig.tight_layout()
+    return fig
+
+
+def census_pans(table: pd.DataFrame) -> plt.Figure:
+    """PANs of every pre-trained model scanned against its calibrated random-init baseline
+    (mean ± sd over init seeds); models without a padded conv are labelled so."""
+    df = table[(table["weights"] == "pretrained") & (table["status"] == "ok")].iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(df) + 1.4))
+    y = np.arange(len(df))
+    h = 0.38
+    pans = df["pans"].astype(float).to_numpy()
+    base = df["baseline_pans"].astype(float).to_numpy()
+    sd = df["baseline_pans_sd"].astype(float).fillna(0).to_numpy()
+    ax.barh(y + h / 2, pans, height=h, color=PALETTE[0], label="pre-trained")
+    ax.barh(y - h / 2, base, height=h, xerr=sd, color=PALETTE[7], ecolor="0.3",
+            label="random-init, BatchNorm recalibrated")
+    right = max(np.nanmax(pans) if len(pans) else 0, 1)
+    for yi, p, b, padded, frac in zip(y, pans, base, df["padded_convs"], df["pan_fraction"]):
+        text = ("no padded conv" if not padded else
+                f"{p:.0f} ({100 * frac:.1f}% of candidates)")
+        ax.annotate(text, xy=(p, yi + h / 2), xytext=(4, 0), textcoords="offset points",
+                    va="center", fontsize=8)
+        ax.annotate(f"{b:.1f}" if padded else "", xy=(b, yi - h / 2), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=8, color="0.3")
+    ax.set_yticks(y, df["model"])
+    n = df["n_images"].replace(0, np.nan).dropna()
+    probes = f" on {int(n.iloc[0])} probe images" if len(n) else ""
+    ax.set_xlabel(f"PANs{probes}")
+    ax.set_xlim(0, right * 1.45)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig

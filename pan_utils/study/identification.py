@@ -111,7 +111,7 @@ def per_layer(scores: pd.DataFrame, pans: pd.DataFrame) -> pd.DataFrame:
     return layers.sort_values("order", ignore_index=True)
 
 
-def _baselines(loaded: LoadedModel, settings: Settings, size: int):
+def baseline_models(loaded: LoadedModel, settings: Settings, size: int):
     """(weights label, init seed, model) of the random-init baselines: ``baseline_seeds``
     networks with recalibrated BatchNorm, and one left as initialised (secondary)."""
     calib = calibration_images(loaded, settings, size)
@@ -164,7 +164,7 @@ def identify(model_name: str, settings: Settings, *, progress: bool = True,
                                           ("pan_counts_by_seed", "pans", "pan_sensitivity",
                                            "pan_layers", "channel_scores", "uncertainty")}
     variants = itertools.chain([(PRETRAINED, None, loaded.model)],
-                               _baselines(loaded, settings, size))
+                               baseline_models(loaded, settings, size))
     for weights, seed, model in variants:
         model.to(device)
         tag = {"model": model_name, "weights": weights, "init_seed": seed}

@@ -57,6 +57,14 @@ class Settings:
     dose_draws: int = 3  # random-control draws per k
     n_placement: int = 64  # evaluation images placed at the centre / in a corner
     placement_scale: float = 0.5
+    # census (docs/METHOD.md §10): models scanned with their weights, architectures
+    # discovered without; a keyword, or names and glob patterns (census.census_names)
+    census_models: str | tuple[str, ...] = "offline"
+    census_architectures: str | tuple[str, ...] = "curated"
+    census_images: int = 32  # probes per model with weights (the scan's n_images)
+    census_baseline_seeds: int = 1  # calibrated random-init baselines per model
+    scheduler: str | None = None  # Dask: None = LocalCluster, 'slurm'/'pbs'/..., or an address
+    workers: int | None = None  # Dask workers (LocalCluster) or jobs (jobqueue)
 
     def replace(self, **overrides: Any) -> Settings:
         """A copy with every non-None override applied; unknown names are an error."""
@@ -93,7 +101,10 @@ PROFILES: dict[str, Settings] = {
     # no interior
     "smoke": Settings("smoke", ("mobilenet_v2",), n_images=16, n_eval=16, batch_size=16,
                       n_random_draws=2, image_size=128, n_dose=16, dose_points=3,
-                      dose_draws=2, **_TRAIN_SMALL),
+                      dose_draws=2, census_models=("mobilenet_v2",),
+                      census_architectures=("resnet18", "tf_efficientnet_b0", "tresnet_m",
+                                            "tv:mobilenet_v3_small", "mtcnn_pnet"),
+                      census_images=16, **_TRAIN_SMALL),
     # the offline study committed in results/: 6 pre-trained models, 4 families, 3 tasks
     # (ImageNet classification; EasyOCR text recognition, grey 64x128 probes; MTCNN face
     # detection, unpadded: the no-padding control). efficientnet_lite1/2 and craft load
@@ -112,7 +123,9 @@ PROFILES: dict[str, Settings] = {
         n_random_draws=10, train_seeds=(0, 1, 2, 3, 4), train_epochs=30, train_patches=8192,
         train_width=32, train_depth=2, train_test_patches=2048, train_scan_images=512,
         gen_patches=8192, gen_epochs=30, gen_width=32, scale_width=64, scale_depth=3,
-        scale_epochs=60, scale_patches=16384, device="auto"),
+        scale_epochs=60, scale_patches=16384, device="auto",
+        census_models="all-pretrained", census_architectures="all", census_images=256,
+        census_baseline_seeds=3),
 }
 
 
