@@ -482,6 +482,20 @@ def _worker_error(job: CensusJob, exc: BaseException) -> dict[str, Any]:
                      f"{_one_line(exc, 200)}", "weights": job.weights, "seconds": None}
 
 
+def _priority(job: CensusJob) -> int:
+    """Longest first, so that the last task to finish is a short one: scans before
+    architectures, and bigger offline weights files (a proxy for their cost) first."""
+    if job.weights == "none":
+        return 0
+    try:
+        source, bare = resolve_source(job.name)
+        if source == "offline" and job.model is None:
+            return 1 + OFFLINE[bare].weights_file(bare).stat().st_size // 2**20
+    except (ModelError, OSError):
+        pass
+    return 1
+
+
 def census_table(rows: Iterable[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     """The census rows (or a census read back from CSV) as a table with
     ``CENSUS_COLUMNS``, counts as integers and empty text as '' (wall times left out)."""
@@ -558,10 +572,9 @@ def run_census(jobs: Sequence[CensusJob | str], settings: Settings, *, client=No
             for i in todo:
                 job = jobs[i]
                 needs_gpu = gpu and job.weights != "none" and device != "cpu"
-                # scans first: the long tasks start early, architectures fill the gaps
                 fut = c.submit(census_task, job, settings, "auto" if needs_gpu else "cpu",
                                key=f"census-{i}-{job.name}", pure=False,
-                               priority=int(job.weights != "none"),
+                               priority=_priority(job),
                                resources={GPU: 1} if needs_gpu else None)
                 futures[fut] = i
             bar = progress_bar(as_completed(futures, loop=c.loop), enabled=progress,

@@ -7,6 +7,8 @@ No backend is chosen here: Jupyter's inline backend shows the figures in the not
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -17,6 +19,18 @@ from ..engine.types import TYPE_ORDER
 
 sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
 PALETTE = sns.color_palette("colorblind")
+
+
+@contextmanager
+def _fixed_jitter(seed: int = 0):
+    """seaborn jitters strip plots with numpy's global generator: seed it for the figure
+    (so that a rerun draws the same PNG) and restore it after."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def _model_order(df: pd.DataFrame, models=None) -> list[str]:
@@ -474,8 +488,9 @@ def policy_accuracy(table: pd.DataFrame, policies=None) -> plt.Figure:
         sns.barplot(data=d, x="policy", y="test_accuracy", order=policies, errorbar="sd",
                     hue="policy", palette=colors, legend=False, alpha=0.55, ax=ax,
                     capsize=0.15, err_kws={"linewidth": 1.2})
-        sns.stripplot(data=d, x="policy", y="test_accuracy", order=policies, color="k",
-                      size=4, ax=ax, jitter=0.15)
+        with _fixed_jitter():
+            sns.stripplot(data=d, x="policy", y="test_accuracy", order=policies, color="k",
+                          size=4, ax=ax, jitter=0.15)
         chance = float(d["chance"].iloc[0])
         ax.axhline(chance, color="k", ls="--", lw=1)
         ax.text(len(policies) - 0.5, chance + 0.015, f"chance = {chance:.2f}", ha="right",
@@ -644,9 +659,10 @@ def policy_generalisation(table: pd.DataFrame, policies=None) -> plt.Figure:
     sns.barplot(data=long, x="policy", y="accuracy", hue="split", hue_order=order,
                 order=policies, errorbar="sd", palette=colors, alpha=0.6, ax=ax,
                 capsize=0.1, err_kws={"linewidth": 1.2})
-    sns.stripplot(data=long, x="policy", y="accuracy", hue="split", hue_order=order,
-                  order=policies, dodge=True, palette=["k", "k"], size=3.5, ax=ax,
-                  jitter=0.08, legend=False)
+    with _fixed_jitter():
+        sns.stripplot(data=long, x="policy", y="accuracy", hue="split", hue_order=order,
+                      order=policies, dodge=True, palette=["k", "k"], size=3.5, ax=ax,
+                      jitter=0.08, legend=False)
     chance = float(table["chance"].iloc[0])
     ax.axhline(chance, color="k", ls="--", lw=1)
     ax.text(-0.45, chance + 0.015, f"chance = {chance:.2f}", ha="left", va="bottom", fontsize=8,
@@ -676,9 +692,12 @@ def census_padding_kinds(summary: pd.DataFrame) -> plt.Figure:
     y = np.arange(len(df))
     ax.barh(y, blind, color=PALETTE[3], label="with blind spots (a padded side never read)")
     ax.barh(y, rest, left=blind, color=PALETTE[0], label="without")
-    for yi, n, frac in zip(y, df["architectures"], df["fraction"]):
+    for yi, n, frac, b in zip(y, df["architectures"], df["fraction"], blind):
         ax.annotate(f"{n} ({100 * frac:.0f}%)", xy=(n, yi), xytext=(4, 0),
                     textcoords="offset points", va="center", fontsize=9)
+        if b:
+            ax.annotate(str(b), xy=(b / 2, yi), ha="center", va="center", fontsize=9,
+                        color="white")
     ax.set_yticks(y, df["padding_kind"])
     ax.set_xlabel(f"architectures (of {total} CNNs, at their default input size)")
     ax.set_ylabel("padding kind")
@@ -716,7 +735,9 @@ def census_blind_spots(table: pd.DataFrame) -> plt.Figure:
     ax.set_ylabel("of which blind to a padded side")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=8, loc="upper left", markerscale=0.7)
+    legend = ax.legend(fontsize=8, loc="upper left")
+    for handle in legend.legend_handles[:len(kinds)]:
+        handle.set_sizes([30])  # one marker size in the legend: area is a count
     fig.tight_layout()
     return fig
 
