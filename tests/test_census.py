@@ -3,6 +3,12 @@ found through a Dask cluster, failures as rows, and the per-model cache."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import dask
 import pandas as pd
 import pytest
@@ -252,3 +258,21 @@ def test_cli_writes_one_row_per_model_and_resumes(capsys, tmp_path):
     code, out, err = _cli(capsys, *argv)
     assert code == 0 and "5 from the cache, 0 to run" in out
     assert pd.read_csv(out_dir / "census.csv").equals(table)
+
+
+def test_cli_ctrl_c_stops_in_one_line_and_keeps_finished_models(tmp_path):
+    out_dir = tmp_path / "c"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pan_utils", "census", "--architectures", "curated", "--quiet",
+         "--workers", "2", "--out", str(out_dir)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    cache = out_dir / ".census-cache"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(cache.glob("*.json"))) < 3:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole process group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["interrupted; finished models are cached: run it "
+                                        "again to resume"]
+    assert len(list(cache.glob("*.json"))) >= 3 and not (out_dir / "census.csv").exists()

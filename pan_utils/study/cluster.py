@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -36,9 +38,25 @@ def local_cluster(workers: int | None = None, *, threads_per_worker: int = 1,
     machine each worker advertises one ``GPU`` resource."""
     n = workers or default_workers()
     resources = {GPU: 1} if torch.cuda.is_available() else None
-    return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                        memory_limit=memory_limit, dashboard_address=None,
-                        silence_logs=logging.CRITICAL, resources=resources)
+    with _workers_ignore_ctrl_c():
+        return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
+                            processes=True, memory_limit=memory_limit, dashboard_address=None,
+                            silence_logs=logging.CRITICAL, resources=resources)
+
+
+@contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (they inherit it): Ctrl-C reaches the
+    whole process group, and only the client should stop, closing the cluster in order,
+    instead of every worker printing its own KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def jobqueue_cluster(kind: str, **options: Any):

@@ -185,6 +185,12 @@ def _training_evidence(results: Path) -> list[str]:
     return lines
 
 
+def _seeds(census: pd.DataFrame) -> str:
+    n = census["baseline_seeds"].dropna()
+    k = int(n.max()) if len(n) else 0
+    return f"{k} seed" + ("s, mean" if k > 1 else "")
+
+
 def _census(results: Path) -> list[str]:
     census = census_table(read_table(results, "census"))
     c = census_claims(census)
@@ -200,7 +206,8 @@ def _census(results: Path) -> list[str]:
              "uneven-padding blind spots, a padded side that a strided conv never reads "
              f"(by kind: {blind}; `census_padding.csv`).", "",
              "| model (pre-trained) | task | PANs | of candidate channels | random-init, "
-             "BatchNorm recalibrated | blind sides of the architecture |", "|---|---|---|---|---|---|"]
+             f"BatchNorm recalibrated ({_seeds(census)}) | blind sides of the architecture |",
+             "|---|---|---|---|---|---|"]
     scanned = census[(census["weights"] == "pretrained") & (census["status"] == "ok")]
     for r in scanned.itertuples():
         if not r.padded_convs:
