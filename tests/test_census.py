@@ -76,6 +76,13 @@ def test_architectures_build_on_the_meta_device_with_their_default_size():
     assert tf["candidate_channels"] == tv["candidate_channels"]  # same architecture
 
 
+def test_discovery_feeds_the_input_channels_the_model_declares():
+    # space-to-depth in front of the first conv: 3 channels in, 48 at the conv
+    model, size = build_architecture("tresnet_m")
+    p = padding_profile(discover(model, size, batch=1))
+    assert p["padded_convs"] > 0 and p["candidate_channels"] > 0
+
+
 def test_names_keywords_patterns_and_families():
     assert census_names(["tf_efficientnet_b[0-1]"]) == ["tf_efficientnet_b0",
                                                         "tf_efficientnet_b1"]
@@ -253,8 +260,8 @@ def test_cli_writes_one_row_per_model_and_resumes(capsys, tmp_path):
     table = pd.read_csv(out_dir / "census.csv")
     assert list(table["model"]) == ["mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet",
                                     "tv:squeezenet1_0", "tresnet_m"]
-    assert list(table["status"]) == ["ok"] * 4 + ["error"]
-    assert "5 model(s): 4 ok, 1 failed" in out and "models/min" in out
+    assert list(table["status"]) == ["ok"] * 5
+    assert "5 model(s): 5 ok, 0 failed" in out and "models/min" in out
     code, out, err = _cli(capsys, *argv)
     assert code == 0 and "5 from the cache, 0 to run" in out
     assert pd.read_csv(out_dir / "census.csv").equals(table)

@@ -23,11 +23,12 @@ def test_one_row_per_model_in_order(census):
     assert list(census.columns) == list(CENSUS_COLUMNS)
 
 
-def test_failure_is_a_row_and_the_others_ran(census):
-    rows = census.set_index("model")
-    assert rows.loc["tresnet_m", "status"] == "error" and rows.loc["tresnet_m", "error"]
-    ok = rows.drop(index="tresnet_m")
-    assert (ok["status"] == "ok").all() and (ok["error"] == "").all()
+def test_every_smoke_model_ran(census):
+    assert (census["status"] == "ok").all() and (census["error"] == "").all()
+    # TResNet's space-to-depth stem turns 3 input channels into 48 before its first conv:
+    # discovery must feed it the 3 it declares, not the first conv's 48
+    tresnet = census.set_index("model").loc["tresnet_m"]
+    assert tresnet["padded_convs"] > 0 and tresnet["padding_kind"] == "zeros"
 
 
 def test_geometry_of_known_architectures(census):

@@ -259,6 +259,15 @@ def discovering(model: nn.Module) -> Iterator[dict[nn.Module, ConvSite]]:
 
 
 def _input_channels(model: nn.Module) -> int:
+    """The channels the model takes: its own declaration (timm's ``pretrained_cfg`` or
+    ``in_chans``) before the first conv's, which a parameter-free layer in front of it
+    may have changed (TResNet's space-to-depth turns 3 channels into 48)."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("input_size"):
+        return int(cfg["input_size"][0])
+    declared = getattr(model, "in_chans", None)
+    if isinstance(declared, int):
+        return declared
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             return m.in_channels

@@ -34,13 +34,13 @@ def default_workers() -> int:
 
 def local_cluster(workers: int | None = None, *, threads_per_worker: int = 1,
                   memory_limit: str | float = "auto") -> LocalCluster:
-    """A ``LocalCluster`` of worker processes, quiet and without a dashboard; on a GPU
+    """A ``LocalCluster`` of worker processes, quiet, its HTTP server on a free port; on a GPU
     machine each worker advertises one ``GPU`` resource."""
     n = workers or default_workers()
     resources = {GPU: 1} if torch.cuda.is_available() else None
     with _workers_ignore_ctrl_c():
         return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
-                            processes=True, memory_limit=memory_limit, dashboard_address=None,
+                            processes=True, memory_limit=memory_limit, dashboard_address=":0",
                             silence_logs=logging.CRITICAL, resources=resources)
 
 

@@ -199,8 +199,9 @@ def _census(results: Path) -> list[str]:
                       for k, r in summary.drop("all").iterrows())
     blind = ", ".join(f"{k} {int(r.with_blind_spots)} of {int(r.architectures)}"
                       for k, r in summary.drop("all").iterrows())
+    failed = f", {c['errors']} failed, kept as rows with their error" if c["errors"] else ""
     lines = [f"{c['architectures']} CNN architectures of {c['families']} families ran "
-             f"({c['models']} models in `census.csv`, {c['errors']} failed and kept as rows); "
+             f"({c['models']} models in `census.csv`{failed}); "
              f"padding kinds: {kinds}. At their default input size "
              f"{c['blind_spot_architectures']} ({_pct(c['blind_spot_fraction'])}) have "
              "uneven-padding blind spots, a padded side that a strided conv never reads "
