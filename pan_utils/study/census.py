@@ -332,13 +332,16 @@ def _discover_architecture(job: CensusJob, row: dict) -> tuple[list[ConvSite], t
     return sites, size
 
 
-def _scan(loaded: LoadedModel, settings: Settings, device: str, row: dict) -> None:
+def _scan(loaded: LoadedModel, settings: Settings, device: str, row: dict,
+          sites: list[ConvSite], sites_size: tuple[int, int]) -> None:
     """PANs of the trained weights and of ``census_baseline_seeds`` calibrated random-init
-    copies, at the probe size of the study (docs/METHOD.md §4-5)."""
+    copies, at the probe size of the study (docs/METHOD.md §4-5); ``sites`` were discovered
+    at ``sites_size`` and are reused when the probes have that size."""
     s = settings.replace(n_images=settings.census_images,
                          baseline_seeds=settings.census_baseline_seeds, device=device)
     size = input_size(loaded, s)
-    sites = discover(loaded.model, size)
+    if pair(size) != sites_size:
+        sites = discover(loaded.model, size)
     row.update(scan_size=str(size_label(size)), tau=s.tau, q=s.consistency,
                baseline_seeds=s.baseline_seeds)
     if not any(x.is_candidate for x in sites):
@@ -430,7 +433,7 @@ def _run_task(job: CensusJob, settings: Settings, device: str, row: dict) -> Non
         row.update(padding_profile(sites))
         if row["weights"] == PRETRAINED:
             stage = "scan"
-            _scan(loaded, settings, _resolve_device(device), row)
+            _scan(loaded, settings, _resolve_device(device), row, sites, size)
     except Exception as exc:
         exc.stage = stage  # type: ignore[attr-defined]
         raise
@@ -439,6 +442,7 @@ def _run_task(job: CensusJob, settings: Settings, device: str, row: dict) -> Non
 # --------------------------------------------------------------------------- many models
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict[str, str]:
     import timm
     import torchvision
