@@ -25,7 +25,7 @@ from ..engine.models import Preprocessing, device_of, load_model, model_task
 from ..engine.policy import padding_policy
 from ..engine.probes import ImageFolderProbe, bundled_images, iter_batches
 from ..engine.progress import progress_bar
-from ..engine.scan import find_pans
+from .identification import pretrained_pans
 from .settings import Settings
 
 PLACEMENTS = ("centre", "corner")
@@ -393,15 +393,8 @@ def study_model(model_name: str, settings: Settings, *, n_placement: int = 64,
     model, p = loaded.model.to(device).eval(), loaded.preprocessing
     size = int(settings.image_size or p.input_size[0])
     bs, seed = int(settings.batch_size), int(settings.seed)
-    if settings.data_dir:
-        scan_x = ImageFolderProbe(settings.data_dir, size, p.mean, p.std,
-                                  n=settings.n_images, seed=seed)
-    else:
-        scan_x = bundled_images(settings.n_images, size, split="scan", seed=seed,
-                                mean=p.mean, std=p.std)
-    pans, scores = find_pans(model, scan_x, settings.tau, settings.consistency,
-                             batch_size=bs, device=device, progress=progress,
-                             return_scores=True)
+    # chapter 1's scan of the same probes, from the store, decided at this run's tau and q
+    pans, scores = pretrained_pans(model_name, settings, progress=progress)
     native = scores[scores["mode"] == "native"]
     controls = random_controls(native, pans, int(settings.n_random_draws), seed)
     means = interior_means_from_scores(scores)

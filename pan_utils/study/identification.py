@@ -7,7 +7,6 @@ draws the mean activation maps of the strongest PANs beside typical non-PANs.
 
 from __future__ import annotations
 
-import itertools
 from typing import Sequence
 
 import numpy as np
@@ -17,10 +16,12 @@ import torch
 from ..engine.maps import bn_signs, record_maps
 from ..engine.models import LoadedModel, load_model, random_init, recalibrate_batchnorm
 from ..engine.padding import discover
-from ..engine.probes import ImageFolderProbe, bundled_images
+from ..engine.probes import BundledProbe, ImageFolderProbe, bundled_images
 from ..engine.rule import decide_pans, pan_counts_by_tau
-from ..engine.scan import find_pans, scan
-from ..engine.uncertainty import count_uncertainty
+from ..engine.scan import MIN_IMAGES, ScanError, scan
+from ..engine.store import ScanStore, model_fingerprint, probe_fingerprint, scan_parts
+from ..engine.uncertainty import TAU_FLOOR, UncertaintyCurves, uncertainty_curves
+from .results import read_table, table_mismatches
 from .settings import Settings
 
 MAP_IMAGES = 64  # mean maps settle well before this; the first crops of the scan set
@@ -52,9 +53,15 @@ def size_label(size: int | tuple[int, int]) -> int | str:
     return size if isinstance(size, int) else f"{size[0]}x{size[1]}"
 
 
-def has_padded_conv(model: torch.nn.Module, size: int | tuple[int, int]) -> bool:
-    """Whether any convolution with a kernel larger than 1 reads zero padding at ``size``."""
-    return any(s.is_candidate for s in discover(model, size))
+def has_padded_conv(model: torch.nn.Module, size: int | tuple[int, int], *,
+                    store: ScanStore | None = None, fingerprint: str | None = None) -> bool:
+    """Whether any convolution with a kernel larger than 1 reads zero padding at ``size``
+    (remembered by the store for a fingerprinted model: no discovery pass on a rerun)."""
+    if store is None or fingerprint is None:
+        return any(s.is_candidate for s in discover(model, size))
+    found = store.arrays({"model": fingerprint, "padded_at": size}, lambda: {
+        "padded": np.array(any(s.is_candidate for s in discover(model, size)))})
+    return bool(found["padded"])
 
 
 def probe_images(loaded: LoadedModel, settings: Settings, size: int | None = None,
@@ -114,12 +121,116 @@ def per_layer(scores: pd.DataFrame, pans: pd.DataFrame) -> pd.DataFrame:
 def baseline_models(loaded: LoadedModel, settings: Settings, size: int):
     """(weights label, init seed, model) of the random-init baselines: ``baseline_seeds``
     networks with recalibrated BatchNorm, and one left as initialised (secondary)."""
-    calib = calibration_images(loaded, settings, size)
-    for i in range(settings.baseline_seeds):
-        seed = settings.seed + i
-        model = random_init(loaded.model, seed).to(settings.device)
-        yield RANDOM, seed, recalibrate_batchnorm(model, calib, batch_size=settings.batch_size)
-    yield UNCALIBRATED, settings.seed, random_init(loaded.model, settings.seed)
+    for weights, seed in variants(settings)[1:]:
+        yield weights, seed, build_variant(loaded, settings, size, weights, seed)
+
+
+def variants(settings: Settings) -> list[tuple[str, int | None]]:
+    """(weights label, init seed) of every scanned variant: the pre-trained weights, the
+    calibrated baselines (one per seed) and the uncalibrated one."""
+    return ([(PRETRAINED, None)]
+            + [(RANDOM, settings.seed + i) for i in range(settings.baseline_seeds)]
+            + [(UNCALIBRATED, settings.seed)])
+
+
+def build_variant(loaded: LoadedModel, settings: Settings, size: int, weights: str,
+                  seed: int | None) -> torch.nn.Module:
+    """The network of one variant: the pre-trained model itself, or a random-init copy
+    (BatchNorm recalibrated on the calibration images for ``random-init``)."""
+    if weights == PRETRAINED:
+        return loaded.model
+    model = random_init(loaded.model, seed)
+    if weights == RANDOM:
+        model = recalibrate_batchnorm(model.to(settings.device),
+                                      calibration_images(loaded, settings, size),
+                                      batch_size=settings.batch_size)
+    return model
+
+
+def scan_key(model_name: str, loaded: LoadedModel, settings: Settings, size, weights: str,
+             seed: int | None, fingerprint: str | None = None) -> dict:
+    """Everything that determines one variant's scan statistics (docs/METHOD.md §11): the
+    pre-trained weights' fingerprint (for a baseline: its architecture, init seed and
+    calibration images), the probe images' recipe, the padding modes and the device."""
+    key = {"model_name": model_name, "weights": weights, "init_seed": seed,
+           "model": fingerprint or model_fingerprint(loaded.model),
+           "probes": probe_fingerprint(probe_recipe(loaded, settings, size)),
+           **scan_parts(null=True, device=settings.device)}
+    if weights == RANDOM:
+        key["calibration"] = probe_fingerprint(calibration_recipe(loaded, settings, size))
+        key["calibration_batch"] = int(settings.batch_size)
+    return key
+
+
+def probe_recipe(loaded: LoadedModel, settings: Settings, size):
+    """The scan probes as a recipe (``BundledProbe``, or the lazy folder probe): what
+    ``probe_images`` makes, without making it."""
+    if settings.data_dir:
+        return probe_images(loaded, settings, size)
+    p = loaded.preprocessing
+    return BundledProbe(settings.n_images, size, seed=settings.seed, split="scan",
+                        mean=p.mean, std=p.std, channels=p.channels)
+
+
+def calibration_recipe(loaded: LoadedModel, settings: Settings, size):
+    """The calibration images as a recipe (see ``calibration_images``)."""
+    if settings.data_dir:
+        return calibration_images(loaded, settings, size)
+    p = loaded.preprocessing
+    return BundledProbe(min(settings.n_images, CALIBRATION_IMAGES), size, seed=settings.seed + 2,
+                        split="eval", mean=p.mean, std=p.std, channels=p.channels)
+
+
+def stored_scores(model_name: str, loaded: LoadedModel, settings: Settings, size, weights: str,
+                  seed: int | None, *, store: ScanStore, images=None, per_image: bool = False,
+                  progress: bool = True, fingerprint: str | None = None):
+    """(key, scores, per-image stats or None) of one variant, from the store or scanned
+    (native and circular null; the pre-trained weights keep their per-image statistics
+    for the bootstrap). ``images``: a callable giving the probe images on a miss."""
+    key = scan_key(model_name, loaded, settings, size, weights, seed, fingerprint)
+    images = images or (lambda: probe_images(loaded, settings, size))
+
+    def compute():
+        model = build_variant(loaded, settings, size, weights, seed).to(settings.device)
+        try:
+            return scan(model, images(), null=True, batch_size=settings.batch_size,
+                        device=settings.device, progress=progress, desc=f"scan {weights}",
+                        per_image=weights == PRETRAINED)
+        finally:
+            model.to("cpu")
+
+    scores, stats = store.get(key, compute, per_image=per_image)
+    n = int(scores["n_images"].max()) if len(scores) else 0
+    if n < MIN_IMAGES:
+        raise ScanError(f"only {n} probe image(s) were scanned; finding PANs needs at "
+                        f"least {MIN_IMAGES}")
+    return key, scores, stats
+
+
+def stored_uncertainty(store: ScanStore, key: dict, settings: Settings, stats_of
+                       ) -> UncertaintyCurves:
+    """The bootstrap and split-half count curves of a stored scan at the settings' q,
+    resamples and seed, from the store or built from the per-image statistics
+    (``stats_of()``): any tau >= the curves' floor then re-decides without resampling."""
+    floor = min(TAU_FLOOR, float(settings.tau), min(TAUS))
+    parts = {**key, "uncertainty": {"n_boot": int(settings.n_boot), "seed": int(settings.seed),
+                                    "q": float(settings.consistency), "floor": floor}}
+    arrays = store.arrays(parts, lambda: uncertainty_curves(
+        stats_of(), n_boot=settings.n_boot, seed=settings.seed,
+        consistency=settings.consistency, floor=floor).arrays())
+    return UncertaintyCurves.from_arrays(arrays)
+
+
+def pretrained_pans(model_name: str, settings: Settings, *, progress: bool = True,
+                    store: ScanStore | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pans, scores) of the pre-trained model at the settings' tau and q, with the
+    circular null, from the scan store (chapter 1's very scan when it ran with the same
+    probes): the PANs every later chapter ablates, decided at its own threshold."""
+    loaded = load_model(model_name)
+    size = input_size(loaded, settings)
+    _, scores, _ = stored_scores(model_name, loaded, settings, size, PRETRAINED, None,
+                                 store=store or ScanStore(), progress=progress)
+    return decide_pans(scores, tau=settings.tau, consistency=settings.consistency), scores
 
 
 def _summary(by_seed: pd.DataFrame, uncertainty: pd.DataFrame) -> pd.DataFrame:
@@ -139,9 +250,13 @@ def _summary(by_seed: pd.DataFrame, uncertainty: pd.DataFrame) -> pd.DataFrame:
 
 
 def identify(model_name: str, settings: Settings, *, progress: bool = True,
-             taus: Sequence[float] = TAUS) -> dict[str, pd.DataFrame]:
+             taus: Sequence[float] = TAUS, store: ScanStore | None = None
+             ) -> dict[str, pd.DataFrame]:
     """All chapter-1 tables of one model: pre-trained weights and the random-init
     baselines, each scanned with the circular null (docs/METHOD.md §4-5).
+
+    Scan statistics come from the store (docs/METHOD.md §11) when the model, weights,
+    probes and engine are the same: a rerun with another tau or q only re-decides.
 
     Returns ``pan_counts`` (one row per weights: mean ± sd over init seeds, and the
     pre-trained count's bootstrap interval and split-half Jaccard), ``pan_counts_by_seed``,
@@ -153,34 +268,36 @@ def identify(model_name: str, settings: Settings, *, progress: bool = True,
     tau, q = float(settings.tau), float(settings.consistency)
     loaded = load_model(model_name)
     size = input_size(loaded, settings)
-    if not has_padded_conv(loaded.model, size):
+    store = store or ScanStore()
+    fingerprint = model_fingerprint(loaded.model)
+    if not has_padded_conv(loaded.model, size, store=store, fingerprint=fingerprint):
         if progress:
             print(f"{model_name}: no padded convolution with a kernel larger than 1; "
                   f"{NO_PADDING}.")
         return unpadded_tables(model_name, settings, size, taus)
-    images = probe_images(loaded, settings, size)
-    device = settings.device
+    cache: dict[str, torch.Tensor] = {}
+
+    def images():  # made once, and only when some variant must be scanned
+        if "x" not in cache:
+            cache["x"] = probe_images(loaded, settings, size)
+        return cache["x"]
+
     out: dict[str, list[pd.DataFrame]] = {k: [] for k in
                                           ("pan_counts_by_seed", "pans", "pan_sensitivity",
                                            "pan_layers", "channel_scores", "uncertainty")}
-    variants = itertools.chain([(PRETRAINED, None, loaded.model)],
-                               baseline_models(loaded, settings, size))
-    for weights, seed, model in variants:
-        model.to(device)
+    for weights, seed in variants(settings):
         tag = {"model": model_name, "weights": weights, "init_seed": seed}
+        key, scores, _ = stored_scores(model_name, loaded, settings, size, weights, seed,
+                                       store=store, images=images, progress=progress,
+                                       fingerprint=fingerprint)
+        pans = decide_pans(scores, tau=tau, consistency=q)
         if weights == PRETRAINED:
-            scores, stats = scan(model, images, null=True, batch_size=settings.batch_size,
-                                 device=device, progress=progress, desc="find_pans",
-                                 per_image=True)
-            pans = decide_pans(scores, tau=tau, consistency=q)
-            unc = count_uncertainty(stats, n_boot=settings.n_boot, seed=settings.seed,
-                                    tau=tau, consistency=q)
-            out["uncertainty"].append(unc.drop(columns="pans").assign(
+            curves = stored_uncertainty(store, key, settings, lambda: stored_scores(
+                model_name, loaded, settings, size, weights, seed, store=store,
+                images=images, per_image=True, progress=progress,
+                fingerprint=fingerprint)[2])
+            out["uncertainty"].append(curves.summary(tau).drop(columns="pans").assign(
                 model=model_name, weights=weights))
-            del stats
-        else:
-            pans, scores = find_pans(model, images, tau, q, batch_size=settings.batch_size,
-                                     device=device, progress=progress, return_scores=True)
         circ = decide_pans(scores, tau=tau, consistency=q, mode="circular", null_mode=None)
         layers = per_layer(scores, pans)
         n_cand = int(layers["candidate_channels"].sum())
@@ -204,7 +321,6 @@ def identify(model_name: str, settings: Settings, *, progress: bool = True,
                 p = pans if mode == "native" else circ
                 out["channel_scores"].append(channel_scores(scores, p, mode).assign(
                     **tag, condition=cond))
-        model.to("cpu")
     first = ["model", "weights", "init_seed"]
     tables = {}
     for name, frames in out.items():
@@ -246,12 +362,50 @@ def unpadded_tables(model_name: str, settings: Settings, size: int | tuple[int, 
             "channel_scores": empty.assign(condition=pd.Series(dtype=str))}
 
 
+# The settings that determine chapter 1's tables: a chapter reading them must run with the
+# same (docs/METHOD.md §11).
+CHAPTER1_PARAMS = ("tau", "consistency", "n_images", "image_size", "data_dir", "seed",
+                   "baseline_seeds")
+
+
+def chapter1_params(settings: Settings) -> dict:
+    """The parameters recorded beside every chapter-1 table."""
+    return {**{k: getattr(settings, k) for k in CHAPTER1_PARAMS}, "profile": settings.profile,
+            "n_boot": settings.n_boot, "models": list(settings.models)}
+
+
 def identify_all(settings: Settings, *, progress: bool = True
                  ) -> dict[str, pd.DataFrame]:
-    """``identify`` for every model of the profile, tables concatenated."""
+    """``identify`` for every model of the profile, tables concatenated, each carrying
+    the parameters it was made with (``attrs["params"]``, written by ``write_table``)."""
     parts = [identify(m, settings, progress=progress) for m in settings.models]
-    return {k: pd.concat([p[k] for p in parts if len(p[k])] or [parts[0][k]],
-                         ignore_index=True) for k in parts[0]}
+    tables = {k: pd.concat([p[k] for p in parts if len(p[k])] or [parts[0][k]],
+                           ignore_index=True) for k in parts[0]}
+    for df in tables.values():
+        df.attrs["params"] = chapter1_params(settings)
+    return tables
+
+
+def chapter1_tables(out_dir, settings: Settings, names: Sequence[str] = ("pans", "pan_counts"),
+                    *, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """Chapter 1's tables for a later chapter, made with that chapter's own settings.
+
+    The tables in ``out_dir`` are used when their recorded parameters match ``settings``
+    (``CHAPTER1_PARAMS``, and every model of the run present); otherwise chapter 1 is
+    re-decided for these settings from the scan store (a scan only where the store has
+    none), and one line says why: a table never mixes thresholds or probe sets.
+    """
+    expected = {**{k: getattr(settings, k) for k in CHAPTER1_PARAMS},
+                "models": list(settings.models)}
+    bad = sorted({m for n in names for m in table_mismatches(out_dir, n, expected)})
+    if not bad:
+        tables = {n: read_table(out_dir, n) for n in names}
+        return {n: df[df["model"].isin(settings.models)].reset_index(drop=True)
+                for n, df in tables.items()}
+    print(f"chapter 1's tables do not match this run ({'; '.join(bad)}): re-deciding "
+          f"chapter 1 with this run's settings from the scan store")
+    tables = identify_all(settings, progress=progress)
+    return {n: tables[n] for n in names}
 
 
 # --------------------------------------------------------------------------- maps

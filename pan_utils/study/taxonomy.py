@@ -11,10 +11,11 @@ from ..engine.geometry import SIDES, VERTICAL, side_column
 from ..engine.maps import bn_signs, record_maps
 from ..engine.models import load_model
 from ..engine.padding import ConvSite, discover, padded_convs
-from ..engine.scan import find_pans
+from ..engine.rule import decide_pans
+from ..engine.store import ScanStore
 from ..engine.types import TYPE_ORDER
-from .identification import (MAP_IMAGES, grown, input_size, maps_table, probe_images,
-                             size_label)
+from .identification import (MAP_IMAGES, PRETRAINED, grown, input_size, maps_table,
+                             probe_images, size_label, stored_scores)
 from .settings import Settings
 
 # --------------------------------------------------------------------------- summaries
@@ -192,11 +193,9 @@ def uneven_padding(model_name: str, settings: Settings, pans: pd.DataFrame, *, p
     size = input_size(loaded, settings)
     layers = uneven_layers(loaded.model, (size, grown(size)), model_name)
     at_s = pans[(pans["model"] == model_name) & (pans["weights"] == "pretrained")]
-    loaded.model.to(settings.device)
-    at_s1 = find_pans(loaded.model, probe_images(loaded, settings, grown(size)),
-                      settings.tau, settings.consistency,
-                      batch_size=settings.batch_size, device=settings.device,
-                      progress=progress)
+    _, scores, _ = stored_scores(model_name, loaded, settings, grown(size), PRETRAINED, None,
+                                 store=ScanStore(), progress=progress)
+    at_s1 = decide_pans(scores, tau=settings.tau, consistency=settings.consistency)
     frames = []
     for s, p in ((size_label(size), at_s), (size_label(grown(size)), at_s1)):
         p = p.assign(model=model_name, size=s)
