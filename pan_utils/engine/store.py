@@ -98,8 +98,13 @@ def probe_fingerprint(images: Any) -> dict | str | None:
 
 
 def default_root() -> Path:
-    """``$PAN_UTILS_STORE``, else ``.cache/scans`` under the working folder."""
-    return Path(os.environ.get(STORE_ENV) or Path.cwd() / ".cache" / "scans")
+    """``$PAN_UTILS_STORE``; else ``.cache/scans`` of the project checkout the package runs
+    from (the notebooks, the CLI and the tests share it), or of the working folder."""
+    if os.environ.get(STORE_ENV):
+        return Path(os.environ[STORE_ENV])
+    checkout = ENGINE.parents[1]
+    base = checkout if (checkout / "pyproject.toml").exists() else Path.cwd()
+    return base / ".cache" / "scans"
 
 
 class ScanStore:
