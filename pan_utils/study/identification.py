@@ -15,11 +15,12 @@ import pandas as pd
 import torch
 
 from ..engine.maps import bn_signs, record_maps
-from ..engine.models import LoadedModel, load_model, random_init, recalibrate_batchnorm
+from ..engine.models import LoadedModel, load_model
 from ..engine.padding import discover
 from ..engine.probes import ImageFolderProbe, bundled_images
 from ..engine.rule import decide_pans, pan_counts_by_tau
 from ..engine.scan import find_pans, scan
+from ..engine.state import random_init, recalibrate_batchnorm
 from ..engine.uncertainty import count_uncertainty
 from .settings import Settings
 
