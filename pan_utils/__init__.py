@@ -6,14 +6,14 @@ runner live in ``pan_utils.study``. The method is in docs/METHOD.md.
 
 from .engine.ablate import ablate, interior_means
 from .engine.hooks import eval_mode, hooks
-from .engine.models import (LoadedModel, ModelError, Preprocessing, list_models, load_model,
-                            random_init)
+from .engine.models import LoadedModel, ModelError, Preprocessing, list_models, load_model
 from .engine.padding import padded_convs
 from .engine.policy import padding_policy
 from .engine.probes import (BundledProbe, ImageFolderProbe, ProbeError, bundled_images,
                             bundled_photos)
 from .engine.rule import decide_pans, pan_counts_by_tau
 from .engine.scan import ScanError, find_pans, scan
+from .engine.state import random_init
 from .engine.types import pan_type
 
 __all__ = [

@@ -20,10 +20,11 @@ import torch
 
 from .engine.io import atomic_write
 from .engine import models  # models.load_model, looked up at call time (tests patch it)
-from .engine.models import OFFLINE_MODELS, ModelError, random_init, timm_names, torchvision_names
+from .engine.models import OFFLINE_MODELS, ModelError, timm_names, torchvision_names
 from .engine.padding import discover
 from .engine.probes import BundledProbe, ImageFolderProbe, ProbeError, iter_batches
 from .engine.scan import MIN_IMAGES, ScanError, find_pans
+from .engine.state import random_init, resolve_device
 from .study import census
 from .study.settings import PROFILES as study_profiles
 from .study.settings import settings as study_settings
@@ -245,8 +246,7 @@ def merge_singleton_tail(batches: Iterable[torch.Tensor]) -> Iterator[torch.Tens
 
 
 def _resolve_device(choice: str) -> str:
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    choice = resolve_device(choice)
     if choice == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
     return choice

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from .hooks import eval_mode, hooks
-from .models import device_of
 from .padding import ConvSite, discover
 from .probes import iter_batches
 from .progress import progress_bar
+from .state import device_of
 
 HOWS = ("mean", "border")
 Bands = tuple[int, int, int, int]  # top, bottom, left, right widths

@@ -23,12 +23,12 @@ from torch import nn
 from . import kernels
 from .geometry import REGIONS
 from .hooks import eval_mode, hooks
-from .models import device_of
 from .padding import ConvSite, discover, discovering
 from .policy import padding_policy
 from .probes import iter_batches
 from .progress import progress_bar
 from .rule import NULL_MODE, decide_pans
+from .state import device_of
 
 
 MIN_IMAGES = 8  # find_pans: the consistency of a side over fewer images is noise

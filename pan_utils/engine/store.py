@@ -29,7 +29,9 @@ import torch
 from torch import nn
 
 from .io import atomic_write
+from .rule import NULL_MODE
 from .scan import LayerImages, PerImageStats, scan
+from .state import device_of
 
 FORMAT = 1  # bump when the layout of an entry changes
 STORE_ENV = "PAN_UTILS_STORE"  # where the store lives (default: ./.cache/scans)
@@ -228,12 +230,8 @@ def scan_parts(model: nn.Module | None = None, *, null: bool = False, modes=None
                device=None, channels_last: bool = True, **_: Any) -> dict:
     """The scan options that change its statistics (not the batch size, progress or
     labels): padding modes, device type and input memory format."""
-    from .rule import NULL_MODE
-
     modes = list(modes) if modes else (["native", NULL_MODE] if null else ["native"])
     if device is None and model is not None:
-        from .models import device_of
-
         device = device_of(model)
     dev = torch.device(device).type if device is not None else "cpu"
     return {"modes": modes, "device": dev, "channels_last": bool(channels_last)}

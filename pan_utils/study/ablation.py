@@ -21,10 +21,11 @@ from torch import nn
 
 from ..engine.ablate import HOWS, AblationError, ablate, channel_pairs
 from ..engine.hooks import eval_mode
-from ..engine.models import Preprocessing, device_of, load_model, model_task
+from ..engine.models import Preprocessing, load_model, model_task
 from ..engine.policy import padding_policy
 from ..engine.probes import ImageFolderProbe, bundled_images, iter_batches
 from ..engine.progress import progress_bar
+from ..engine.state import device_of
 from .identification import pretrained_pans
 from .settings import Settings
 

@@ -30,9 +30,10 @@ from ..engine.geometry import SIDES, pair
 from ..engine.io import atomic_write
 from ..engine.models import (OFFLINE, OFFLINE_MODELS, LoadedModel, ModelError, Preprocessing,
                              load_model, resolve_source, timm_names, torchvision_names)
-from ..engine.padding import ConvSite, discover
+from ..engine.padding import ConvSite, discover, is_tf_same
 from ..engine.progress import progress_bar
 from ..engine.scan import find_pans
+from ..engine.state import resolve_device
 from .identification import RANDOM as RANDOM_BASELINE
 from .identification import baseline_models, input_size, probe_images, size_label
 from .cluster import GPU, census_client, has_gpu_workers, worker_count
@@ -228,7 +229,7 @@ def padding_form(site: ConvSite) -> str | None:
         return None
     if site.mode != "zeros":
         return "constant" if site.mode.startswith("constant") else site.mode
-    if site.kind == "dynamic_same" or "Same" in type(site.module).__name__:
+    if is_tf_same(site.module):
         return "tf_same"
     return "zeros"
 
@@ -292,12 +293,6 @@ def _worker_threads() -> int | None:
         return int(get_worker().state.nthreads)
     except (ImportError, ValueError, AttributeError):
         return None
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _load(job: CensusJob, row: dict) -> tuple[LoadedModel | None, str]:
@@ -433,7 +428,7 @@ def _run_task(job: CensusJob, settings: Settings, device: str, row: dict) -> Non
         row.update(padding_profile(sites))
         if row["weights"] == PRETRAINED:
             stage = "scan"
-            _scan(loaded, settings, _resolve_device(device), row, sites, size)
+            _scan(loaded, settings, resolve_device(device), row, sites, size)
     except Exception as exc:
         exc.stage = stage  # type: ignore[attr-defined]
         raise

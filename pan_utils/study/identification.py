@@ -14,11 +14,12 @@ import pandas as pd
 import torch
 
 from ..engine.maps import bn_signs, record_maps
-from ..engine.models import LoadedModel, load_model, random_init, recalibrate_batchnorm
+from ..engine.models import LoadedModel, load_model
 from ..engine.padding import discover
 from ..engine.probes import BundledProbe, ImageFolderProbe, bundled_images
 from ..engine.rule import decide_pans, pan_counts_by_tau
 from ..engine.scan import MIN_IMAGES, ScanError, scan
+from ..engine.state import random_init, recalibrate_batchnorm
 from ..engine.store import ScanStore, model_fingerprint, probe_fingerprint, scan_parts
 from ..engine.uncertainty import TAU_FLOOR, UncertaintyCurves, uncertainty_curves
 from .results import read_table, table_mismatches
