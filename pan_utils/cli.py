@@ -264,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--offline", action="store_true",
                    help="only the names that run offline")
     m.add_argument("--source", action="store_true",
-                   help="machine-readable: one 'source<TAB>name<TAB>offline|download' line "
-                        "per name")
+                   help="machine-readable: one 'source<TAB>name' line per name (with "
+                        "--offline: only those that run offline)")
     return parser
 
 
@@ -938,14 +938,15 @@ def model_listing(pattern: str | None = None) -> list[tuple[str, list[tuple[str,
     taken = set(offline) | set(tv)
     groups = []
     for source, names in (("offline", offline), ("torchvision", tv), ("timm", timm_names())):
-        rows = []
+        rows, listed = [], 0
         for name in names:
             if source == "torchvision" and name in offline:
                 continue  # the offline model of that name (same weights)
+            listed += 1
             shown = f"timm:{name}" if source == "timm" and name in taken else name
             if match(name) or match(shown):
                 rows.append((shown, offline_status(source, name, cached)))
-        groups.append((source, rows, len(names)))
+        groups.append((source, rows, listed))
     return groups
 
 
@@ -967,7 +968,7 @@ def cmd_models(args) -> int:
     if args.source:
         for src, rows, _ in groups:
             for name, ok in rows:
-                print(f"{src}\t{name}\t{'offline' if ok else 'download'}")
+                print(f"{src}\t{name}")
         return 0
     runs = sum(ok for _, rows, _ in groups for _, ok in rows)
     head = f"{found} model name(s)" + (f" matching {pattern!r}" if pattern else "")

@@ -267,12 +267,27 @@ def test_models_source_lines_and_offline_only(capsys):
     code, stdout, _ = _run(["models", "mobilenet*", "--source"], capsys)
     assert code == 0
     rows = [line.split("\t") for line in stdout.splitlines()]
-    assert rows[0] == ["offline", "mobilenet_v2", "offline"]
-    assert all(fnmatch.fnmatch(name.split(":")[-1], "mobilenet*") for _, name, _ in rows)
-    names = [name for _, name, _ in rows]
+    assert rows[0] == ["offline", "mobilenet_v2"]
+    assert all(fnmatch.fnmatch(name.split(":")[-1], "mobilenet*") for _, name in rows)
+    names = [name for _, name in rows]
     assert len(names) == len(set(names)) and {"timm", "torchvision"} <= {r[0] for r in rows}
     code, stdout, _ = _run(["models", "mobilenet", "--offline"], capsys)  # substring
     assert code == 0 and "* mobilenet_v2" in stdout and "mobilenet_v3_large" not in stdout
+
+
+
+def test_models_marks_a_torchvision_name_whose_weights_are_cached(capsys, tmp_path,
+                                                                  monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    url = torchvision.models.get_model_weights("mobilenet_v3_small").DEFAULT.url
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / Path(url).name).write_bytes(b"")
+    code, stdout, _ = _run(["models", "mobilenet_v3*", "--offline", "--source"], capsys)
+    assert code == 0 and stdout.splitlines() == ["torchvision\tmobilenet_v3_small"]
+    code, stdout, _ = _run(["models", "mobilenet_v3*"], capsys)
+    assert "* mobilenet_v3_small" in stdout and "  mobilenet_v3_large" in stdout
 
 
 def test_unknown_model_in_a_real_process_exits_2_with_close_matches(tmp_path):
@@ -368,6 +383,9 @@ def test_models_into_a_closed_pipe_prints_no_traceback():
                                   ["scan", "m", "--seed", "99999999999999999999999"],
                                   ["scan", "m", "--image-size", "100000"],
                                   ["census", "--scheduler", "not a scheduler"],
+                                  ["scan", "m", "--no-recalibrate"],
+                                  ["scan", "m", "--random-init", "--baseline", "2"],
+                                  ["scan", "m", "--out", "results/tables"],
                                   ["bogus-command"]])
 def test_help_and_argument_errors_import_no_torch(argv):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
