@@ -417,14 +417,15 @@ def check_memory(model: torch.nn.Module, size: tuple[int, int], batch_size: int,
     """Refuse, by arithmetic and before any real forward pass, a probe size whose
     activations would not fit in half the available memory (a size in between would make
     the machine swap). The estimate per batch: the input plus three of the largest conv
-    output (a map, the next layer's, a temporary), in float32; plus ``extra_images``
-    calibration images held as one tensor. Returns the estimate in bytes."""
+    output (a map, the next layer's, a temporary), in float32, for ``batch_size + 1``
+    images (a last batch of one joins the one before); plus ``extra_images`` calibration
+    images held as one tensor. Returns the estimate in bytes."""
     layer, (c, h, w) = largest_map(model, size)
     per_image = 4 * (channels * size[0] * size[1] + 3 * c * h * w)
-    need = batch_size * per_image + extra_images * 4 * channels * size[0] * size[1]
+    need = (batch_size + 1) * per_image + extra_images * 4 * channels * size[0] * size[1]
     budget = (available if available is not None else available_memory(device)) // 2
     if need > budget:
-        fit = max(budget // per_image, 0)
+        fit = max(budget // per_image - 1, 0)
         hint = (f"use --batch-size {fit} or a smaller --image-size" if fit >= 2
                 else "use a smaller --image-size")
         raise UserError(f"image size {size[0]}x{size[1]} needs about {_gb(need)} for a batch "

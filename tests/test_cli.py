@@ -625,7 +625,7 @@ def test_memory_estimate_is_exact_arithmetic_for_a_known_net():
                                                                   padding=1))
     assert largest_map(net, (64, 64)) == ("0", (8, 64, 64))
     need = check_memory(net, (64, 64), 4, "cpu", available=2**40)
-    assert need == 4 * 4 * (3 * 64 * 64 + 3 * 8 * 64 * 64)
+    assert need == (4 + 1) * 4 * (3 * 64 * 64 + 3 * 8 * 64 * 64)
     assert next(net.parameters()).device.type == "cpu"  # the model itself never moved
 
 
