@@ -541,14 +541,35 @@ def _has_batchnorm(model) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def _scan_once(model, batches, args, device):
-    """``find_pans`` with the CLI's rule; a too-small size is a user error."""
-    from .engine.scan import find_pans
+def _scan_once(model, batches, args, device, probes=None):
+    """``find_pans`` with the CLI's rule, through the scan store (docs/METHOD.md §11): the
+    same weights and probes (``probes``: the probe object behind ``batches``) are decided
+    again without a scan; a too-small size is a user error."""
+    from .engine.rule import NULL_MODE, decide_pans
+    from .engine.scan import MIN_IMAGES, ScanError, scan
+    from .engine.store import ScanStore, model_fingerprint, probe_fingerprint, scan_parts
+
+    null = not args.no_null
+
+    def run():
+        return scan(model, batches, null=null, batch_size=args.batch_size, device=device,
+                    progress=not args.quiet, desc="find_pans")
 
     try:
-        return find_pans(model, batches, tau=args.tau, consistency=args.consistency,
-                         null=not args.no_null, batch_size=args.batch_size, device=device,
-                         progress=not args.quiet, return_scores=True)
+        recipe = probe_fingerprint(probes) if probes is not None else None
+        if recipe is None:
+            scores = run()
+        else:
+            key = {"model": model_fingerprint(model), "probes": recipe,
+                   **scan_parts(model, null=null, device=device)}
+            scores, _ = ScanStore().get(key, run)
+        n = int(scores["n_images"].max()) if len(scores) else 0
+        if n < MIN_IMAGES:
+            raise ScanError(f"only {n} probe image(s) were scanned; finding PANs needs at "
+                            f"least {MIN_IMAGES}")
+        pans = decide_pans(scores, tau=args.tau, consistency=args.consistency,
+                           null_mode=NULL_MODE if null else None)
+        return pans, scores
     except RuntimeError as exc:
         msg = _too_small_message(exc, tuple(args.size), args.model)
         if msg:
@@ -715,7 +736,7 @@ def cmd_scan(args) -> int:
         notes.append(("batchnorm", f"recalibrated on {what}, disjoint from the probe images"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pans, scores = _scan_once(model, batches, args, device)
+        pans, scores = _scan_once(model, batches, args, device, probes=images)
         baseline_pans = []
         if args.baseline:
             from .study.identification import RANDOM, baseline_models
@@ -723,7 +744,8 @@ def cmd_scan(args) -> int:
             for label, seed, base in baseline_models(loaded, study, size):
                 if label != RANDOM:
                     break  # the uncalibrated variant: not a baseline here
-                baseline_pans.append(_scan_once(base.eval(), batches, args, device)[0])
+                baseline_pans.append(_scan_once(base.eval(), batches, args, device,
+                                                probes=images)[0])
     _report_warnings(caught, probe)
     pans.insert(0, "model", args.model)
     scores.insert(0, "model", args.model)
