@@ -309,7 +309,7 @@ class ProbeBatches:
 def _resolve_device(choice: str) -> str:
     import torch
 
-    from .engine.state import resolve_device
+    from .engine.devices import resolve_device
 
     choice = resolve_device(choice)
     if choice == "cuda" and not torch.cuda.is_available():

@@ -12,7 +12,7 @@ from pan_utils import ScanError, bundled_images, decide_pans, find_pans, random_
 from pan_utils.engine import kernels
 from pan_utils.engine.geometry import REGIONS
 from pan_utils.engine.padding import discover
-from pan_utils.engine.state import resolve_device
+from pan_utils.engine.devices import resolve_device
 
 N_PLAIN = 5  # channels with no border preference
 

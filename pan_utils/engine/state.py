@@ -12,20 +12,6 @@ from .hooks import eval_mode
 from .probes import iter_batches
 
 
-def resolve_device(device: str) -> str:
-    """'auto' as 'cuda' when a CUDA device is available, else 'cpu'; any other name as is.
-
-    The one place the study, the census workers and the CLI turn 'auto' into a device.
-
-    Example:
-        >>> resolve_device("auto") in ("cuda", "cpu")
-        True
-    """
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def device_of(model: nn.Module) -> torch.device:
     """Where the model's parameters live (CPU for a parameter-free module)."""
     p = next(model.parameters(), None)

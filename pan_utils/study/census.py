@@ -33,7 +33,7 @@ from ..engine.models import (OFFLINE, OFFLINE_MODELS, LoadedModel, ModelError, P
 from ..engine.padding import ConvSite, discover, is_tf_same
 from ..engine.progress import progress_bar
 from ..engine.scan import find_pans
-from ..engine.state import resolve_device
+from ..engine.devices import resolve_device
 from .identification import RANDOM as RANDOM_BASELINE
 from .identification import baseline_models, input_size, probe_images, size_label
 from .cluster import GPU, census_client, has_gpu_workers, worker_count

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..engine.state import resolve_device
+from ..engine.devices import resolve_device
 
 
 @dataclass(frozen=True)
