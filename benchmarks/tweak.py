@@ -1,5 +1,5 @@
 """How fast a tweak answers: chapter 1 cold against chapter 1 with only tau changed, and an
-explorer redraw, measured in one run (docs/METHOD.md §11). Targets: the tau-only rerun
+explorer redraw, measured in one run (docs/METHOD.md §12). Targets: the tau-only rerun
 within 5% of the cold one, a redraw within 1 s.
 
     python benchmarks/tweak.py                      # default profile (minutes: one cold chapter 1)

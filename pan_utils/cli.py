@@ -542,7 +542,7 @@ def _has_batchnorm(model) -> bool:
 
 
 def _scan_once(model, batches, args, device, probes=None):
-    """``find_pans`` with the CLI's rule, through the scan store (docs/METHOD.md §11): the
+    """``find_pans`` with the CLI's rule, through the scan store (docs/METHOD.md §12): the
     same weights and probes (``probes``: the probe object behind ``batches``) are decided
     again without a scan; a too-small size is a user error."""
     from .engine.rule import NULL_MODE, decide_pans

@@ -1,5 +1,5 @@
 """Tweaking a parameter: chapter 2 never mixes chapter 1's threshold with its own, and the
-explorer's sliders re-decide from the scan store without a scan (docs/METHOD.md §11)."""
+explorer's sliders re-decide from the scan store without a scan (docs/METHOD.md §12)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A store of scan statistics on disk, so that a threshold is re-decided, not re-scanned
-(docs/METHOD.md §11).
+(docs/METHOD.md §12).
 
 A scan's score table (per layer, channel, padding mode and side or corner) and, where the
 bootstrap needs them, its per-image statistics are kept in one ``.npz`` file per key under

@@ -1,6 +1,6 @@
 """An interactive explorer of chapter 1 in Jupyter: tau and q sliders re-decide the PANs from
 the scan store (no scan), and a model / layer / channel picker shows one channel's mean
-map, kernel and scores (docs/METHOD.md §11).
+map, kernel and scores (docs/METHOD.md §12).
 
 Widgets do not render in a static view (the rendered notebooks, papermill runs), so there
 the explorer prints one line saying how to open it, and the chapter's static figures

@@ -150,7 +150,7 @@ def build_variant(loaded: LoadedModel, settings: Settings, size: int, weights: s
 
 def scan_key(model_name: str, loaded: LoadedModel, settings: Settings, size, weights: str,
              seed: int | None, fingerprint: str | None = None) -> dict:
-    """Everything that determines one variant's scan statistics (docs/METHOD.md §11): the
+    """Everything that determines one variant's scan statistics (docs/METHOD.md §12): the
     pre-trained weights' fingerprint (for a baseline: its architecture, init seed and
     calibration images), the probe images' recipe, the padding modes and the device."""
     key = {"model_name": model_name, "weights": weights, "init_seed": seed,
@@ -256,7 +256,7 @@ def identify(model_name: str, settings: Settings, *, progress: bool = True,
     """All chapter-1 tables of one model: pre-trained weights and the random-init
     baselines, each scanned with the circular null (docs/METHOD.md §4-5).
 
-    Scan statistics come from the store (docs/METHOD.md §11) when the model, weights,
+    Scan statistics come from the store (docs/METHOD.md §12) when the model, weights,
     probes and engine are the same: a rerun with another tau or q only re-decides.
 
     Returns ``pan_counts`` (one row per weights: mean ± sd over init seeds, and the
@@ -364,7 +364,7 @@ def unpadded_tables(model_name: str, settings: Settings, size: int | tuple[int, 
 
 
 # The settings that determine chapter 1's tables: a chapter reading them must run with the
-# same (docs/METHOD.md §11).
+# same (docs/METHOD.md §12).
 CHAPTER1_PARAMS = ("tau", "consistency", "n_images", "image_size", "data_dir", "seed",
                    "baseline_seeds")
 
@@ -459,3 +459,197 @@ def example_maps(model_name: str, settings: Settings, pans: pd.DataFrame,
                        batch_size=settings.batch_size, signs={layer: sign})[layer]
     return maps_table(maps.float(), chosen.assign(model=model_name)[
         ["model", "layer", "channel", "kind", "sides", "corners", "max_abs_d"]])
+
+
+# --------------------------------------------------------------------------- claims and findings
+# The chapter's sentences, verdicts and claims.json entry, computed from its tables: the
+# notebook, the README findings (study/readme.py) and the tests call these functions.
+
+# Verdict thresholds (docs/METHOD.md §11.1).
+DOZENS_MIN = 12  # "from dozens to hundreds": at least a dozen PANs per pre-trained model...
+HUNDREDS_MAX = 1000  # ...and fewer than a thousand
+LEARNED_SD = 2.0  # "far more" than the baseline: above its mean + 2 sd over init seeds
+
+
+def _by_weights(counts: pd.DataFrame, weights: str) -> pd.DataFrame:
+    return counts[counts["weights"] == weights].set_index("model")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _num(x: float) -> str:
+    """Two decimals, or "–" where the value is undefined (a Jaccard of two empty sets)."""
+    return "–" if pd.isna(x) else f"{x:.2f}"
+
+
+def count_lines(counts: pd.DataFrame) -> list[str]:
+    """One sentence per model and weights of ``pan_counts``: the count, its spread and,
+    for pre-trained weights, its bootstrap interval and split-half stability."""
+    lines = []
+    for r in counts.itertuples():
+        if r.candidate_layers == 0:
+            lines.append(f"{r.model} ({r.weights}): no padded convolution, 0 candidate layers, "
+                         f"0 channels, 0 PANs: {NO_PADDING}")
+            continue
+        line = (f"{r.model} ({r.weights}): {r.pans:.1f} PANs" + (
+            f" ± {r.pans_sd:.1f} over {r.seeds} seeds" if r.seeds > 1 else "")
+            + f" of {r.candidate_channels} candidate channels in {r.candidate_layers} layers "
+            f"({100 * r.pan_fraction:.2f}%); circular null alone: {r.circular_null_pans:g}")
+        if r.weights == PRETRAINED:
+            line += (f"; {100 * r.ci_level:.0f}% bootstrap interval {r.pans_ci_low:.0f}-"
+                     f"{r.pans_ci_high:.0f} ({r.n_boot:.0f} resamples); halves of the probe "
+                     f"set: {r.half_a_pans:.0f} and {r.half_b_pans:.0f} PANs, Jaccard "
+                     f"{r.jaccard:.2f}")
+        lines.append(line)
+    return lines
+
+
+def layer_lines(layers: pd.DataFrame, top: int = 3) -> list[str]:
+    """Per model and weights, the ``top`` layers with the most PANs (``pan_layers``)."""
+    return [f"{m} ({w}): most PANs in " + ", ".join(
+        f"{r.layer} (depth {r.depth:.2f}: {r.pans}/{r.candidate_channels})"
+        for r in g.nlargest(top, "pans").itertuples())
+        for (m, w), g in layers.groupby(["model", "weights"])]
+
+
+def dozens_verdict(lo: int, hi: int) -> str:
+    """The verdict on "from dozens to hundreds" for per-model counts from ``lo`` to ``hi``."""
+    if DOZENS_MIN <= lo and hi < HUNDREDS_MAX:
+        return "agrees"
+    return "more than claimed" if hi >= HUNDREDS_MAX else "fewer than claimed"
+
+
+def is_learned(pans: float, baseline_mean: float, baseline_sd: float) -> bool:
+    """Whether a pre-trained count is far above its random-init baseline (docs/METHOD.md §11.1)."""
+    return bool(pans > baseline_mean + LEARNED_SD * baseline_sd)
+
+
+def identification_findings(counts: pd.DataFrame, pans: pd.DataFrame, *, tau: float,
+                            consistency: float) -> list[str]:
+    """The abstract's four claims against ``pan_counts`` and ``pans``, one line each
+    (and one per model for "learned?" and for the types)."""
+    pre, rnd = _by_weights(counts, PRETRAINED), _by_weights(counts, RANDOM)
+    raw = _by_weights(counts, UNCALIBRATED)
+    unpadded = list(pre.index[pre["candidate_layers"] == 0])
+    lines = [f"0. {m}: no padded convolution; trained without padding, it cannot have a PAN "
+             "(the no-padding control)." for m in unpadded]
+    pre, rnd, raw = pre.drop(unpadded), rnd.drop(unpadded), raw.drop(unpadded, errors="ignore")
+    n_with = int((pre["pans"] > 0).sum())
+    lines.append(f"1. Existence: {n_with} of {len(pre)} pre-trained models have PANs at "
+                 f"tau={tau:g}, q={consistency:g} with the circular null "
+                 + ("(agrees)." if n_with == len(pre) else "(partly agrees)."))
+    lines.append("2. Identifiable through activations: the rule uses only responses to natural "
+                 "images; the circular-padded model itself would call "
+                 + ", ".join(f"{m}: {r.circular_null_pans:g}" for m, r in pre.iterrows())
+                 + " channels PANs, against "
+                 + ", ".join(f"{m}: {r.pans:g}" for m, r in pre.iterrows()) + " natively.")
+    lo, hi = int(pre["pans"].min()), int(pre["pans"].max())
+    lines.append(
+        f"3. 'From dozens to hundreds': {lo} to {hi} PANs per pre-trained model "
+        f"({100 * pre['pan_fraction'].min():.1f}%-{100 * pre['pan_fraction'].max():.1f}% of "
+        f"candidate channels): {dozens_verdict(lo, hi)}. Bootstrap intervals: "
+        + ", ".join(f"{m} {r.pans_ci_low:.0f}-{r.pans_ci_high:.0f}" for m, r in pre.iterrows())
+        + "; split-half Jaccard: " + ", ".join(f"{m} {r.jaccard:.2f}" for m, r in pre.iterrows())
+        + ".")
+    for m in pre.index:
+        b = rnd.loc[m]
+        above = is_learned(pre.loc[m, "pans"], b["pans"], b["pans_sd"])
+        lines.append(
+            f"   Learned? {m}: {pre.loc[m, 'pans']:g} pre-trained against {b['pans']:.1f} ± "
+            f"{b['pans_sd']:.1f} for random-init weights with recalibrated BatchNorm "
+            f"({b['seeds']} seeds): " + ("far more, consistent with PANs being learned."
+                                         if above else "NOT clearly more: border contrast here "
+                                         "is not specific to training.")
+            + (f" Uncalibrated random weights give {raw.loc[m, 'pans']:g}: their activations are "
+               "unnormalised, so that count measures a network outside its operating regime."
+               if m in raw.index else ""))
+    types = pans[pans["weights"] == PRETRAINED].groupby(["model", "type"]).size()
+    for m in pre.index:
+        t = types.get(m)
+        if t is not None:
+            lines.append(f"4. Types ({m}): " + ", ".join(f"{k}: {v}" for k, v in t.sort_values(
+                ascending=False).items()) + f" ({len(t)} distinct types; see chapter 2).")
+    return lines
+
+
+def identification_claims(counts: pd.DataFrame) -> dict[str, dict]:
+    """The chapter's claims.json entry: per model, the pre-trained count with its interval
+    and stability beside the baselines (zeros for a model without padded convolution)."""
+    pre, rnd = _by_weights(counts, PRETRAINED), _by_weights(counts, RANDOM)
+    raw = _by_weights(counts, UNCALIBRATED)
+    unpadded = list(pre.index[pre["candidate_layers"] == 0])
+    pre = pre.drop(unpadded)
+    return {
+        m: {"pans": int(pre.loc[m, "pans"]),
+            "candidate_channels": int(pre.loc[m, "candidate_channels"]),
+            "pan_fraction": float(pre.loc[m, "pan_fraction"]),
+            "pans_ci": [float(pre.loc[m, "pans_ci_low"]), float(pre.loc[m, "pans_ci_high"])],
+            "jaccard_halves": float(pre.loc[m, "jaccard"]),
+            "random_init_pans_mean": float(rnd.loc[m, "pans"]),
+            "random_init_pans_sd": float(rnd.loc[m, "pans_sd"]),
+            "random_init_seeds": int(rnd.loc[m, "seeds"]),
+            "uncalibrated_random_init_pans": float(raw.loc[m, "pans"]),
+            "circular_null_pans": float(pre.loc[m, "circular_null_pans"])}
+        for m in pre.index} | {m: {"pans": 0, "candidate_channels": 0, "pan_fraction": None,
+                                   "random_init_pans_mean": 0.0, "circular_null_pans": 0.0}
+                               for m in unpadded}
+
+
+def sensitivity_verdicts(counts: pd.DataFrame, sensitivity: pd.DataFrame) -> dict[str, str]:
+    """Per padded pre-trained model: whether pre-trained weights keep more PANs than the
+    recalibrated baseline at every tau of ``pan_sensitivity``, or up to which tau not."""
+    pre = _by_weights(counts, PRETRAINED)
+    out = {}
+    for m in pre.index[pre["candidate_channels"] > 0]:
+        s = sensitivity[sensitivity["model"] == m].pivot_table(
+            index="tau", columns="condition", values="pans", aggfunc="mean")
+        if {PRETRAINED, RANDOM} <= set(s.columns):
+            below = s.index[s[RANDOM] >= s[PRETRAINED]]
+            out[m] = (f"the recalibrated baseline has at least as many up to tau = "
+                      f"{below.max():g}" if len(below) else
+                      "pre-trained weights have more PANs than the recalibrated baseline at "
+                      f"every tau from {s.index.min():g} to {s.index.max():g}")
+    return out
+
+
+def identification_readme(counts: pd.DataFrame, sensitivity: pd.DataFrame) -> list[str]:
+    """The README's chapter-1 findings (markdown lines) from ``pan_counts`` and
+    ``pan_sensitivity``."""
+    by = counts.set_index(["weights", "model"])
+    pre = by.loc[PRETRAINED]
+    padded = pre[pre["candidate_channels"] > 0]
+    first = padded.iloc[0] if len(padded) else pre.iloc[0]
+    rnd = by.loc[RANDOM] if RANDOM in by.index else None
+    raw = by.loc[UNCALIBRATED] if UNCALIBRATED in by.index else None
+    seeds = int(rnd["seeds"].max()) if rnd is not None else 0
+    lines = [f"Probes: {first['n_images']} random crops of the bundled photos per model at "
+             f"each model's input size; `tau = {first['tau']:g}`, `q = {first['q']:g}`, "
+             "circular null on (`pan_counts.csv`). Interval: bootstrap over the probe images "
+             f"({first['n_boot']:.0f} resamples, {100 * first['ci_level']:.0f}%); stability: "
+             "Jaccard index of the PAN sets of the two halves of the probe set.", "",
+             "| model | PANs (pre-trained) | interval | of candidate channels | split-half "
+             f"Jaccard | random-init, BatchNorm recalibrated ({seeds} seeds) | random-init, "
+             "uncalibrated | circular null alone |", "|---|---|---|---|---|---|---|---|"]
+    unpadded = list(pre.index[pre["candidate_channels"] == 0])
+    for m in unpadded:
+        lines.append(f"| {m} | 0 | – | none: no padded convolution, so no PAN can exist "
+                     "| – | 0 | 0 | 0 |")
+    pre = pre.drop(unpadded)
+    for m, r in pre.iterrows():
+        base = (f"{rnd.loc[m, 'pans']:.1f} ± {rnd.loc[m, 'pans_sd']:.1f}"
+                if rnd is not None and m in rnd.index else "–")
+        unc = f"{raw.loc[m, 'pans']:g}" if raw is not None and m in raw.index else "–"
+        lines.append(f"| {m} | {r['pans']:g} | {r['pans_ci_low']:.0f}–{r['pans_ci_high']:.0f} | "
+                     f"{r['candidate_channels']} ({_pct(r['pan_fraction'])}) | "
+                     f"{_num(r['jaccard'])} | {base} | {unc} | {r['circular_null_pans']:g} |")
+    lines.append("")
+    lines += [f"- {m}: {where} (`pan_sensitivity.csv`)."
+              for m, where in sensitivity_verdicts(counts, sensitivity).items()]
+    return lines
+
+
+def maps_line(settings: Settings, note: str) -> str:
+    """The caption of a mean-map figure: over how many probe images, and ``note``."""
+    return f"mean maps over the first {min(MAP_IMAGES, settings.n_images)} probe images; {note}"
