@@ -451,7 +451,7 @@ def test_scan_prints_pans_per_side_and_per_type_from_the_pans_table(tiny_models,
 
 def test_baseline_is_the_studys_calibrated_random_init_over_n_seeds(tiny_models, tmp_path,
                                                                      capsys):
-    from pan_utils.engine.models import random_init, recalibrate_batchnorm
+    from pan_utils.engine.state import random_init, recalibrate_batchnorm
     from pan_utils.engine.probes import BundledProbe
     from pan_utils.engine.scan import find_pans
     from pan_utils.study.identification import calibration_images

@@ -26,6 +26,7 @@ from ..engine.policy import padding_policy
 from ..engine.probes import ImageFolderProbe, bundled_images, iter_batches
 from ..engine.progress import progress_bar
 from ..engine.state import device_of
+from .figures import condition_label
 from .identification import pretrained_pans
 from .settings import Settings
 
@@ -529,8 +530,6 @@ BIAS_CONDITIONS = ("pans_mean", "pans_border", "padding_reflect", "padding_circu
 def bias_lines(biases: pd.DataFrame, n: int = 3) -> list[str]:
     """Per model and condition of ``BIAS_CONDITIONS``: the ``n`` classes that gain and lose
     the most predictions (``class_bias``)."""
-    from .figures import condition_label
-
     lines = []
     shown = biases[biases["condition"].isin(BIAS_CONDITIONS)]
     for (model, cond), g in shown.groupby(["model", "condition"], sort=False):
@@ -544,8 +543,6 @@ def bias_lines(biases: pd.DataFrame, n: int = 3) -> list[str]:
 
 def placement_lines(placement: pd.DataFrame) -> list[str]:
     """Per model: each condition's agreement with the evidence at the centre and in a corner."""
-    from .figures import condition_label
-
     pl = placement.groupby(["model", "condition", "placement"], sort=False)["agreement"].mean()
     pl = pl.unstack("placement")
     return [f"{model}: " + "; ".join(
@@ -580,8 +577,6 @@ def ablation_claims(ablation: pd.DataFrame, dose_summary: pd.DataFrame) -> dict[
 
 def claim_lines(claims: dict[str, dict]) -> list[str]:
     """One line per model of ``ablation_claims``: every condition's agreement."""
-    from .figures import condition_label
-
     return [f"{model}: " + ", ".join(f"{condition_label(k)} {v:.3f}"
                                      for k, v in c["agreement"].items())
             for model, c in claims.items()]
