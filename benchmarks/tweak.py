@@ -42,8 +42,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pan_utils.study import figures as plots
-    from pan_utils.study.explorer import ExplorerData
+    from pan_utils.study.explorer import ExplorerData, layers_figure
     from pan_utils.study.identification import identify_all
     from pan_utils.study.settings import settings
 
@@ -64,7 +63,7 @@ def main() -> None:
     for tau in (2.0, 3.5, 5.0):
         def redraw():
             state = data.decide(tau, base.consistency)
-            plt.close(plots.pans_per_layer(state["layers"]))
+            plt.close(layers_figure(state["layers"], tau, base.consistency))
             return state
         redraws.append(timed(redraw)[1])
     print(f"explorer: opened in {load:.2f} s; redraw {max(redraws):.2f} s at most over "

@@ -22,7 +22,6 @@ from ..engine.maps import bn_signs, record_maps
 from ..engine.models import LoadedModel, load_model
 from ..engine.rule import decide_pans, significant_regions
 from ..engine.store import ScanStore, model_fingerprint
-from . import figures as plots
 from .identification import (MAP_IMAGES, PRETRAINED, has_padded_conv, input_size, per_layer,
                              probe_images, stored_scores)
 from .settings import Settings
@@ -117,6 +116,23 @@ class ExplorerData:
         return list(s.drop_duplicates("layer").sort_values("order")["layer"])
 
 
+def layers_figure(layers: pd.DataFrame, tau: float, consistency: float) -> plt.Figure:
+    """PANs / channels of each candidate layer against relative depth, one panel per model:
+    the live counterpart of chapter 1's seaborn figure, drawn with plain matplotlib so that
+    a slider move redraws within a second."""
+    models = list(dict.fromkeys(layers["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.0), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        g = layers[layers["model"] == model].sort_values("depth")
+        ax.plot(g["depth"], g["pans"] / g["candidate_channels"], marker="o", ms=3)
+        ax.set_title(model)
+        ax.set_xlabel("relative depth (0: first padded conv)")
+    axes[0][0].set_ylabel("PANs / channels of the layer")
+    fig.suptitle(f"tau = {tau:g}, q = {consistency:g}")
+    fig.tight_layout()
+    return fig
+
+
 def channel_figure(view: dict, title: str) -> plt.Figure:
     """The picked channel: mean map (BatchNorm sign folded in) beside its kernel."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(7, 3.2))
@@ -189,7 +205,7 @@ class Explorer:
             self.summary.clear_output(wait=True)
             display(self.state["counts"].round(4))
             if len(self.state["layers"]):
-                fig = plots.pans_per_layer(self.state["layers"])
+                fig = layers_figure(self.state["layers"], self.tau.value, self.q.value)
                 display(fig)
                 plt.close(fig)
             if len(self.state["types"]):
