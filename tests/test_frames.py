@@ -274,3 +274,20 @@ def test_bad_frames_are_one_clear_error():
     with pytest.raises(ValueError, match="section"):
         frames.frames_findings({"thresholds": {}}, "nope")
     assert np.isfinite(float(fill_colour("grey", MEAN, STD).sum()))
+
+
+def test_method_doc_frames_table_matches_the_profiles():
+    import re
+
+    from pan_utils.study.reproduce import REPO_ROOT
+    from pan_utils.study.settings import PROFILES
+
+    text = (REPO_ROOT / "docs" / "METHOD.md").read_text()
+    table = text[text.index("### 11.4"):]
+    rows = {m.group(1): [c.strip() for c in m.group(2).split(" | ")]
+            for m in re.finditer(r"^\| `(frames_\w+)` \| (.*) \|$", table, re.M)}
+    shown = lambda v: ", ".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
+    assert len(rows) >= 10
+    for field, row in rows.items():
+        assert row == [shown(getattr(PROFILES[n], field)) for n in ("smoke", "default",
+                                                                   "paper")], field
