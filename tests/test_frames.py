@@ -209,6 +209,21 @@ def test_universal_frames_are_fitted_on_scan_photos_and_scored_on_eval_photos(mo
     assert adv.groupby("width")["n_pixels"].nunique().eq(1).all()  # same area
 
 
+def test_folder_splits_are_disjoint_and_the_eval_split_streams(tmp_path):
+    from PIL import Image
+
+    from pan_utils.engine.models import load_model
+
+    for i in range(12):
+        Image.fromarray(np.full((40, 40, 3), 20 * i, np.uint8)).save(tmp_path / f"{i:02d}.png")
+    S = settings("smoke", data_dir=str(tmp_path), n_images=6, n_eval=6)
+    p = load_model("mobilenet_v2").preprocessing
+    fit, fit_files = frames.split_images(p, S, 32, "scan", 4)
+    ev, ev_files = frames.split_images(p, S, 32, "eval", 5)
+    assert fit.shape[0] == 4 and len(ev_files) == 5 and not set(fit_files) & set(ev_files)
+    assert frames.first_images(ev, 5).shape == (5, 3, 32, 32)
+
+
 def test_natural_transforms_pair_every_control_with_its_frame():
     S = settings("smoke")
     t, meta = frames.natural_transforms((32, 32), S, MEAN, STD)

@@ -59,10 +59,11 @@ def _pans(model_name: str, settings: Settings) -> tuple[pd.DataFrame, pd.DataFra
 
 
 def split_images(preprocessing, settings: Settings, size: int, split: str, n: int
-                 ) -> tuple[torch.Tensor, list[str]]:
+                 ):
     """The first ``n`` images of a split and where each comes from (photo names, or
     files of ``data_dir``): 'scan', the set PANs and universal patterns are fitted on;
-    'eval', chapter 3's evaluation set, disjoint from it (docs/METHOD.md §1)."""
+    'eval', chapter 3's evaluation set, disjoint from it (docs/METHOD.md §1). A tensor,
+    or for the evaluation files of ``data_dir`` a probe that streams them."""
     p, seed = preprocessing, int(settings.seed)
     if split not in ("scan", "eval"):
         raise ValueError(f"split must be 'scan' or 'eval'; got {split!r}")
@@ -72,10 +73,11 @@ def split_images(preprocessing, settings: Settings, size: int, split: str, n: in
 
             probe = ImageFolderProbe(settings.data_dir, size, p.mean, p.std,
                                      n=settings.n_images, seed=seed, channels=p.channels)
-        else:
-            probe = eval_images(p, settings, size)
-        x = first_images(probe, n)
-        return x, [str(f) for f in probe.files[:x.shape[0]]]
+            x = first_images(probe, n)
+            return x, [str(f) for f in probe.files[:x.shape[0]]]
+        probe = eval_images(p, settings, size)  # streamed: an ImageNet split is large
+        probe.files, probe.labels = probe.files[:n], probe.labels[:n]
+        return probe, [str(f) for f in probe.files]
     n = min(n, settings.n_images if split == "scan" else settings.n_eval)
     x, names = bundled_images(n, size, seed=seed + (split == "eval"), split=split,
                               mean=p.mean, std=p.std, return_names=True, channels=p.channels)
@@ -235,7 +237,8 @@ def frames_model(model_name: str, settings: Settings, *, progress: bool = True
     layers = list(dict.fromkeys(pans["layer"])) if len(pans) else []
     shift = pd.DataFrame()
     if layers:
-        raw = activation_shift(model, ev[:settings.frames_shift_images], shift_t, layers,
+        raw = activation_shift(model, first_images(ev, settings.frames_shift_images), shift_t,
+                               layers,
                                batch_size=min(bs, 8), device=device)
         shift = _split_name(shift_summary(raw, pans))
     tag = {"model": model_name}
