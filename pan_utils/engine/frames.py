@@ -272,8 +272,8 @@ def predictions(model: nn.Module, images, transform: Transform | None = None, *,
 def fit_universal_patch(model: nn.Module, images: torch.Tensor, mask: torch.Tensor,
                         mean: Sequence[float], std: Sequence[float], *, steps: int = 100,
                         batch_size: int = 32, lr: float = 0.1, seed: int = 0,
-                        device: str | torch.device | None = None, progress: bool = False
-                        ) -> torch.Tensor:
+                        device: str | torch.device | None = None, progress: bool = False,
+                        clean: torch.Tensor | None = None) -> torch.Tensor:
     """One pattern for the pixels of ``mask`` that changes as many top-1 predictions of
     ``images`` as it can (untargeted, universal): Adversarial Framing for a frame mask.
 
@@ -281,7 +281,8 @@ def fit_universal_patch(model: nn.Module, images: torch.Tensor, mask: torch.Tens
     ``mean``/``std``); Adam on its logits for ``steps`` steps of ``batch_size`` images
     drawn in a seeded order, minimising the margin of each image's clean top class over
     the best other class (clamped at 0: fooled images stop pulling). The model's weights
-    get no gradient. Returns the normalised 1×C×H×W pattern (meaningful under ``mask``).
+    get no gradient. ``clean``: the images' clean top-1 classes, when already known
+    (``predictions``). Returns the normalised 1×C×H×W pattern (meaningful under ``mask``).
     """
     device = torch.device(device) if device is not None else device_of(model)
     x_all = images.to(device)
@@ -294,8 +295,9 @@ def fit_universal_patch(model: nn.Module, images: torch.Tensor, mask: torch.Tens
     m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=device).view(1, -1, 1, 1)
     mk = mask.to(device)
-    with eval_mode(model), torch.no_grad():
-        clean = torch.cat([model(b).argmax(1) for b in x_all.split(batch_size)])
+    if clean is None:
+        clean = predictions(model, x_all, batch_size=batch_size, device=device)
+    clean = clean.to(device)
     req = [(p, p.requires_grad) for p in model.parameters()]
     opt = torch.optim.Adam([theta], lr=lr)
     order = torch.randperm(n, generator=gen)

@@ -23,10 +23,10 @@ import pandas as pd
 import torch
 
 from ..engine.ablate import ablate
-from ..engine.frames import (FILLS, centre_mask, compare_predictions, fit_universal_patch,
-                             frame_mask, frame_transform, letterbox_mask,
-                             letterbox_transform, moved_transform, patch_transform,
-                             random_mask, activation_shift)
+from ..engine.frames import (activation_shift, centre_mask, compare_predictions,
+                             fit_universal_patch, frame_mask, frame_transform,
+                             letterbox_mask, letterbox_transform, moved_transform,
+                             patch_transform, predictions, random_mask)
 from ..engine.models import load_model, model_task
 from ..engine.policy import padding_policy
 from ..engine.probes import bundled_images
@@ -137,24 +137,28 @@ def adversarial_frames(model, fit_x: torch.Tensor, eval_x: torch.Tensor, setting
     count fitted with the same steps, batch, learning rate and seed, fitted on ``fit_x``
     (scan photos) and scored on ``eval_x`` (evaluation photos): width, placement,
     n_pixels, fooling_rate (1 - agreement with the clean prediction), prob_change."""
-    hw = tuple(eval_x.shape[-2:])
-    rows = []
+    hw = tuple(fit_x.shape[-2:])
+    clean = predictions(model, fit_x, batch_size=settings.batch_size, device=device)
+    rows, patches = [], {}
     for width in settings.frames_adv_widths:
         frame = frame_mask(hw, width)
         for placement, mask in (("frame", frame), ("centre", centre_mask(hw, int(frame.sum())))):
             pattern = fit_universal_patch(
                 model, fit_x, mask, mean, std, steps=settings.frames_adv_steps,
                 batch_size=settings.frames_adv_batch, lr=settings.frames_adv_lr,
-                seed=int(settings.seed) + width, device=device, progress=progress)
-            res = compare_predictions(model, eval_x, {"p": patch_transform(pattern, mask)},
-                                      batch_size=settings.batch_size, device=device)
+                seed=int(settings.seed) + width, device=device, progress=progress,
+                clean=clean)
+            patches[f"{placement} {width}px"] = patch_transform(pattern, mask)
             rows.append({"width": width, "placement": placement, "n_pixels": int(mask.sum()),
                          "fit_split": "scan", "eval_split": "eval",
-                         "fit_images": int(fit_x.shape[0]), "steps": settings.frames_adv_steps,
-                         "n_images": int(res["n_images"][0]),
-                         "fooling_rate": 1 - float(res["agreement"][0]),
-                         "prob_change": float(res["prob_change"][0])})
-    return pd.DataFrame(rows)
+                         "fit_images": int(fit_x.shape[0]), "steps": settings.frames_adv_steps})
+    res = compare_predictions(model, eval_x, patches, batch_size=settings.batch_size,
+                              device=device)
+    out = pd.DataFrame(rows)
+    out["n_images"] = res["n_images"].to_numpy()
+    out["fooling_rate"] = 1 - res["agreement"].to_numpy()
+    out["prob_change"] = res["prob_change"].to_numpy()
+    return out
 
 
 def mediation_contexts(pans: pd.DataFrame, scores: pd.DataFrame, settings: Settings
