@@ -786,7 +786,7 @@ def frames_natural(natural: pd.DataFrame, models=None) -> plt.Figure:
     width, the frame against the same pixels as a centred square and at random interior
     positions."""
     models = _frames_models(natural, models)
-    fig, axes = plt.subplots(len(models), 2, figsize=(11, 3.3 * len(models)), squeeze=False)
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4.0 * len(models)), squeeze=False)
     kinds = ["frame", "centre", "random"]
     colors = dict(zip(kinds, PALETTE))
     for r, model in enumerate(models):
@@ -805,7 +805,7 @@ def frames_natural(natural: pd.DataFrame, models=None) -> plt.Figure:
         ax.set_xticks(widths, [str(w) for w in widths])
         ax.set(ylim=(-0.02, 1.02), xlabel="frame width, px (outer pixels overwritten)",
                ylabel="top-1 agreement with unframed", title=f"{model}: natural frames")
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
         ax = axes[r, 1]
         ctrl = g[g["kind"].isin(kinds) & (g["width"] > 0)]
         keep = ctrl.groupby(["fill", "width"])["kind"].transform("nunique") == len(kinds)
