@@ -771,3 +771,171 @@ def census_pans(table: pd.DataFrame) -> plt.Figure:
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- 06 frames
+
+
+def _frames_models(df: pd.DataFrame, models=None) -> list[str]:
+    return _model_order(df, models) if len(df) else []
+
+
+def frames_natural(natural: pd.DataFrame, models=None) -> plt.Figure:
+    """Left, per model: top-1 agreement with the unframed prediction against the frame
+    width, one line per fill, letterbox bars as horizontal marks. Right: at each control
+    width, the frame against the same pixels as a centred square and at random interior
+    positions."""
+    models = _frames_models(natural, models)
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4.0 * len(models)), squeeze=False)
+    kinds = ["frame", "centre", "random"]
+    colors = dict(zip(kinds, PALETTE))
+    for r, model in enumerate(models):
+        g = natural[natural["model"] == model]
+        ax = axes[r, 0]
+        fills = list(dict.fromkeys(g.loc[g["kind"] == "frame", "fill"]))
+        for i, fill in enumerate(fills):
+            d = g[(g["kind"] == "frame") & (g["fill"] == fill)].sort_values("width")
+            ax.plot(d["width"], d["agreement"], "o-", color=PALETTE[i % len(PALETTE)],
+                    label=f"{fill} frame")
+        for j, row in enumerate(g[g["kind"] == "letterbox"].itertuples()):
+            ax.axhline(row.agreement, color="0.35", ls=("--", ":")[j % 2], lw=1,
+                       label=f"letterbox, {row.fill} bars ({row.n_pixels} px)")
+        ax.set_xscale("log", base=2)
+        widths = sorted(set(g.loc[g["kind"] == "frame", "width"]))
+        ax.set_xticks(widths, [str(w) for w in widths])
+        ax.set(ylim=(-0.02, 1.02), xlabel="frame width, px (outer pixels overwritten)",
+               ylabel="top-1 agreement with unframed", title=f"{model}: natural frames")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+        ax = axes[r, 1]
+        ctrl = g[g["kind"].isin(kinds) & (g["width"] > 0)]
+        keep = ctrl.groupby(["fill", "width"])["kind"].transform("nunique") == len(kinds)
+        ctrl = ctrl[keep]
+        groups = list(dict.fromkeys(f"{f} {int(w)}px" for f, w in zip(ctrl["fill"], ctrl["width"])))
+        x = np.arange(len(groups))
+        for k, kind in enumerate(kinds):
+            d = ctrl[ctrl["kind"] == kind]
+            vals = [float(d.loc[(d["fill"] + " " + d["width"].astype(int).astype(str) + "px")
+                                == gname, "agreement"].iloc[0]) for gname in groups]
+            ax.bar(x + (k - 1) * 0.27, vals, width=0.25, color=colors[kind],
+                   label={"frame": "frame", "centre": "same pixels, centred square",
+                          "random": "same pixels, random interior positions"}[kind])
+            for xi, v in zip(x + (k - 1) * 0.27, vals):
+                ax.text(xi, v + 0.02, f"{v:.2f}", ha="center", fontsize=7)
+        ax.set_xticks(x, groups)
+        ax.set(ylim=(0, 1.5), ylabel="top-1 agreement with unframed",
+               title=f"{model}: frame vs controls of the same pixel count")
+        ax.set_yticks(np.linspace(0, 1, 6))
+        ax.legend(fontsize=7, loc="upper right")
+    n = int(natural["n_images"].iloc[0]) if len(natural) else 0
+    fig.suptitle(f"Natural frames — n = {n} evaluation images per model", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def frames_adversarial(adv: pd.DataFrame, models=None) -> plt.Figure:
+    """Fooling rate on the evaluation photos against width: the universal frame and the
+    universal central patch of the same pixel count and fitting budget, per model."""
+    models = _frames_models(adv, models)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.8 * len(models), 3.4), squeeze=False,
+                             sharey=True)
+    for ax, model in zip(axes[0], models):
+        g = adv[adv["model"] == model]
+        for i, (pl, label) in enumerate((("frame", "universal frame"),
+                                         ("centre", "universal central patch (control)"))):
+            d = g[g["placement"] == pl].sort_values("width")
+            ax.plot(d["width"], d["fooling_rate"], "o-", color=PALETTE[i], label=label)
+        widths = sorted(set(g["width"]))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(widths, [f"{w}\n({int(g.loc[g['width'] == w, 'n_pixels'].iloc[0])} px)"
+                               for w in widths])
+        ax.set(ylim=(-0.02, 1.02), xlabel="frame width, px (pixels changed)",
+               ylabel="fooling rate (top-1 changed)", title=model)
+        ax.legend(fontsize=7, loc="upper left")
+    if len(adv):
+        r = adv.iloc[0]
+        fig.suptitle(f"Universal adversarial frames — fitted on {int(r.fit_images)} "
+                     f"{r.fit_split}-photo crops ({int(r.steps)} steps), scored on "
+                     f"{int(r.n_images)} {r.eval_split}-photo crops", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def frames_mediation(summary: pd.DataFrame, models=None) -> plt.Figure:
+    """The frame's effect (share of top-1 predictions it changes, against that model's
+    own unframed predictions) on the intact model, with the PANs border-ablated, and
+    with as many random channels of the same layers border-ablated (mean ± sd)."""
+    models = _frames_models(summary, models)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.4), squeeze=False,
+                             sharey=True)
+    labels = (("effect_intact", "intact"), ("effect_pans", "PANs border-ablated"),
+              ("effect_random", "random channels border-ablated"))
+    for ax, model in zip(axes[0], models):
+        g = summary[summary["model"] == model]
+        x = np.arange(len(g))
+        for k, (col, label) in enumerate(labels):
+            err = g["effect_random_sd"].fillna(0) if col == "effect_random" else None
+            ax.bar(x + (k - 1) * 0.27, g[col], width=0.25, color=PALETTE[k], label=label,
+                   yerr=err, capsize=3)
+            for xi, v in zip(x + (k - 1) * 0.27, g[col]):
+                ax.text(xi, v + 0.02, f"{v:.2f}", ha="center", fontsize=7)
+        ax.set_xticks(x, list(g["transform"]))
+        ax.set(ylim=(0, 1.35), ylabel="share of top-1 changed by the frame", title=model)
+        ax.set_yticks(np.linspace(0, 1, 6))
+        ax.legend(fontsize=7, loc="upper left", ncol=2)
+    d = int(summary["draws"].max()) if len(summary) else 0
+    fig.suptitle(f"Do PANs carry the frame's effect? Whiskers: sd over {d} random draws",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def frames_activation_shift(shift: pd.DataFrame, models=None) -> plt.Figure:
+    """Mean activation shift (|framed - unframed|, in each channel's sd) of PAN channels
+    and of the other channels of the same layers, per frame and model."""
+    models = _frames_models(shift, models)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        g = shift[shift["model"] == model]
+        x = np.arange(len(g))
+        for k, (col, label) in enumerate((("shift_pans", "PAN channels"),
+                                          ("shift_others", "other channels, same layers"))):
+            ax.bar(x + (k - 0.5) * 0.38, g[col], width=0.36, color=PALETTE[k], label=label)
+        for xi, r in zip(x, g.itertuples()):
+            ax.text(xi, max(r.shift_pans, r.shift_others) * 1.04, f"{r.ratio:.2f}x",
+                    ha="center", fontsize=7)
+        ax.set_xticks(x, list(g["transform"]))
+        top = float(g[["shift_pans", "shift_others"]].max().max()) if len(g) else 1.0
+        ax.set(ylabel="mean |Δ activation| / channel sd", title=model, ylim=(0, top * 1.4))
+        ax.legend(fontsize=7, loc="upper right", ncol=2)
+    fig.suptitle("How far each frame moves conv outputs (ratio PANs / others above the bars)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def frames_padding(padding: pd.DataFrame, models=None) -> plt.Figure:
+    """Top-1 agreement of framed with unframed inputs on the same model under its own zero
+    padding and with the padding swapped to circular or reflect."""
+    models = _frames_models(padding, models)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.4), squeeze=False,
+                             sharey=True)
+    for ax, model in zip(axes[0], models):
+        g = padding[padding["model"] == model]
+        ts = list(dict.fromkeys(g["transform"]))
+        pads = list(dict.fromkeys(g["padding"]))
+        x = np.arange(len(ts))
+        step = 0.8 / max(len(pads), 1)
+        for k, pad in enumerate(pads):
+            d = g[g["padding"] == pad].set_index("transform").reindex(ts)
+            xs = x - 0.4 + step * (k + 0.5)
+            ax.bar(xs, d["agreement"], width=step * 0.9, color=PALETTE[k], label=f"{pad} padding")
+            for xi, v in zip(xs, d["agreement"]):
+                ax.text(xi, v + 0.02, f"{v:.2f}", ha="center", fontsize=7)
+        ax.set_xticks(x, ts)
+        ax.set(ylim=(0, 1.35), ylabel="top-1 agreement, framed vs unframed", title=model)
+        ax.set_yticks(np.linspace(0, 1, 6))
+        ax.legend(fontsize=7, loc="upper right", ncol=3)
+    fig.suptitle("Frames under other paddings (each against its own unframed predictions)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..engine.io import atomic_write
 from .ablation import ablation_readme
 from .census import census_readme, census_table
+from .frames import frames_claims, frames_findings
 from .identification import identification_readme
 from .padding_policy import policy_readme, training_readme
 from .results import read_table
@@ -50,6 +51,12 @@ def _census(results: Path) -> list[str]:
                          read_table(results, "census_padding"))
 
 
+def _frames(results: Path) -> list[str]:
+    names = ("frames_natural", "frames_adversarial", "frames_mediation_summary",
+             "frames_padding", "frames_activation_shift")
+    return frames_findings(frames_claims({n: read_table(results, n) for n in names}))
+
+
 def findings(results: str | Path = "results") -> str:
     """The findings block, markers included, from the tables in ``results``."""
     results = Path(results)
@@ -58,7 +65,8 @@ def findings(results: str | Path = "results") -> str:
              "**Ablation** (chapter 3)", "", *_ablation(results), "",
              "**Padding policy, trained from scratch** (chapter 4)", "",
              *_padding_policy(results), "", *_training_evidence(results), "",
-             "**Census of the model zoo** (chapter 5)", "", *_census(results), "", END]
+             "**Census of the model zoo** (chapter 5)", "", *_census(results), "",
+             "**Frames and adversarial borders** (chapter 6)", "", *_frames(results), "", END]
     return "\n".join(parts)
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 from ..engine.io import atomic_write
 
 TEXT_COLUMNS = ("model", "weights", "layer", "sides", "corners", "polarity", "type", "side",
-                "condition", "mode", "policy", "task", "class_name")
+                "condition", "mode", "policy", "task", "class_name", "transform", "fill")
 
 
 TIMINGS_FILE = ".timings.json"  # hidden: the runner moves it into the manifest, not results

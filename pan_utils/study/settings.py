@@ -67,6 +67,20 @@ class Settings:
     census_baseline_seeds: int = 1  # calibrated random-init baselines per model
     scheduler: str | None = None  # Dask: None = LocalCluster, 'slurm'/'pbs'/..., or an address
     workers: int | None = None  # Dask workers (LocalCluster) or jobs (jobqueue)
+    # frames (docs/METHOD.md §13): natural frames, controls, adversarial frames, mediation
+    frames_n_eval: int = 32  # evaluation images (the first of chapter 3's set)
+    frames_widths: tuple[int, ...] = (1, 2, 4, 8)  # natural frame widths, px
+    frames_fills: tuple[str, ...] = ("black", "white", "grey", "replicate")
+    frames_control_widths: tuple[int, ...] = (4,)  # widths with centred/random controls
+    frames_letterbox_aspect: float = 4 / 3  # the letterboxed photo's width / height
+    frames_mediation_fills: tuple[str, ...] = ("black", "grey")  # at the control widths
+    frames_random_draws: int = 2  # random-channel draws of the mediation control
+    frames_adv_widths: tuple[int, ...] = (2, 4, 8)  # universal frame widths, px
+    frames_adv_images: int = 32  # scan-photo crops the universal frames are fitted on
+    frames_adv_steps: int = 4  # Adam steps per fit (frame and central patch alike)
+    frames_adv_batch: int = 8
+    frames_adv_lr: float = 0.1
+    frames_shift_images: int = 8  # evaluation images of the activation-shift measure
 
     def replace(self, **overrides: Any) -> Settings:
         """A copy with every non-None override applied; unknown names are an error."""
@@ -103,7 +117,11 @@ PROFILES: dict[str, Settings] = {
                       dose_draws=2, census_models=("mobilenet_v2",),
                       census_architectures=("resnet18", "tf_efficientnet_b0", "tresnet_m",
                                             "tv:mobilenet_v3_small", "mtcnn_pnet"),
-                      census_images=16, **_TRAIN_SMALL),
+                      census_images=16, frames_n_eval=8, frames_widths=(1, 4),
+                      frames_fills=("black", "replicate"), frames_mediation_fills=("black",),
+                      frames_random_draws=1, frames_adv_widths=(2,), frames_adv_images=8,
+                      frames_adv_steps=2, frames_adv_batch=4, frames_shift_images=4,
+                      **_TRAIN_SMALL),
     # the offline study committed in results/: 6 pre-trained models, 4 families, 3 tasks
     # (ImageNet classification; EasyOCR text recognition, grey 64x128 probes; MTCNN face
     # detection, unpadded: the no-padding control). efficientnet_lite1/2 and craft load
@@ -124,7 +142,10 @@ PROFILES: dict[str, Settings] = {
         gen_patches=8192, gen_epochs=30, gen_width=32, scale_width=64, scale_depth=3,
         scale_epochs=60, scale_patches=16384, device="auto",
         census_models="all-pretrained", census_architectures="all", census_images=256,
-        census_baseline_seeds=3),
+        census_baseline_seeds=3, frames_n_eval=5000, frames_control_widths=(1, 2, 4, 8),
+        frames_mediation_fills=("black", "white", "grey", "replicate"),
+        frames_random_draws=10, frames_adv_widths=(1, 2, 4, 8), frames_adv_images=1024,
+        frames_adv_steps=300, frames_adv_batch=64, frames_shift_images=256),
 }
 
 
