@@ -186,3 +186,18 @@ def test_uncertainty_curves_equal_resampling_at_every_tau(mobilenet_stats):
         curves.summary(0.5)
     back = U.UncertaintyCurves.from_arrays(curves.arrays())
     pd.testing.assert_frame_equal(back.summary(2.5), curves.summary(2.5))
+
+
+def test_the_engine_version_covers_every_module_the_scan_imports():
+    """A stored entry must change when any code it depends on does: every engine module
+    that the scan, the store or the model loader import (transitively) is hashed."""
+    import grimp
+
+    from pan_utils.engine.store import SCAN_MODULES
+
+    graph = grimp.build_graph("pan_utils")
+    needed = set()
+    for root in ("pan_utils.engine.store", "pan_utils.engine.models", "pan_utils.engine.probes"):
+        needed |= {m for m in graph.find_upstream_modules(root) | {root}
+                   if m.startswith("pan_utils.engine.")}
+    assert {m.rsplit(".", 1)[1] for m in needed} <= set(SCAN_MODULES)

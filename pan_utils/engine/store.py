@@ -36,6 +36,10 @@ from .state import device_of
 FORMAT = 1  # bump when the layout of an entry changes
 STORE_ENV = "PAN_UTILS_STORE"  # where the store lives (default: ./.cache/scans)
 ENGINE = Path(__file__).resolve().parent
+# The engine modules whose code determines a stored entry: model building, probes, padding
+# discovery and policy, the scan and its kernel, the rule and the count curves, this file.
+SCAN_MODULES = ("archs", "geometry", "hooks", "io", "kernels", "models", "padding", "policy",
+                "probes", "progress", "rule", "scan", "state", "store", "types", "uncertainty")
 
 ScanResult = tuple[pd.DataFrame, "PerImageStats | None"]
 
@@ -45,11 +49,13 @@ class StoreWarning(UserWarning):
 
 
 def engine_version() -> str:
-    """A hash of the engine's source and of the libraries that compute a scan: any change
-    to either is another key, so no stored statistic outlives the code that made it."""
+    """A hash of the engine's scan code (``SCAN_MODULES``) and of the libraries that compute
+    a scan: any change to either is another key, so no stored statistic outlives the code
+    that made it."""
     if not hasattr(engine_version, "_cached"):
         h = hashlib.sha256()
-        for path in sorted(ENGINE.glob("*.py")):
+        for name in sorted(SCAN_MODULES):
+            path = ENGINE / f"{name}.py"
             h.update(path.name.encode())
             h.update(path.read_bytes())
         import numba
