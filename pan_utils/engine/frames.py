@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hooks import eval_mode, hooks
-from .models import device_of
+from .state import device_of
 from .probes import iter_batches
 from .progress import progress_bar
 
