@@ -40,15 +40,16 @@ def test_numbers_lose_spurious_decimals_and_nan_is_a_dash():
     assert format_number(0.666667, 1) == "0.7"
     assert format_number(404.075, 0) == "404"
     assert format_number(math.nan) == "–" and format_number(None) == "–"
-    assert format_number(np.int64(12)) == "12"
+    assert format_number(np.int64(12)) == "12" and format_number(pd.NA) == "–"
 
 
 def test_tidy_table_drops_empty_and_constant_columns_and_rounds():
     df = pd.DataFrame({"model": ["a", "b", "c"], "pans": [357.0, 0.666667, 82.0],
                        "ci": [np.nan, np.nan, np.nan], "note": ["", "", ""],
-                       "seeds": [3, 3, 3], "sd": [0.6, np.nan, 0.0]})
+                       "seeds": [3, 3, 3], "sd": [0.6, np.nan, 0.0],
+                       "k": pd.array([1, None, 2], dtype="Int64")})
     t = tidy_table(df, {"pans": 1}, index=["model"])
-    assert list(t.columns) == ["pans", "seeds", "sd"]
+    assert list(t.columns) == ["pans", "seeds", "sd", "k"] and list(t["k"]) == ["1", "–", "2"]
     assert list(t["pans"]) == ["357", "0.7", "82"] and list(t["sd"]) == ["0.60", "–", "0"]
     assert list(t.index) == ["a", "b", "c"]
     assert "seeds" not in tidy_table(df, drop_constant=True).columns
@@ -66,10 +67,12 @@ def test_show_table_names_the_csv_when_rows_are_left_out(capsys):
 def test_a_message_shared_by_models_is_said_once_where_it_first_stood():
     lines = ["start", "mtcnn_pnet: no padded convolution", "0. mtcnn_rnet: no PAN possible",
              "mtcnn_rnet: no padded convolution", "mobilenet_v2: 357 PANs",
-             "0. mtcnn_onet: no PAN possible", "1. Existence: 2 of 3"]
+             "0. mtcnn_onet: no PAN possible", "1. Existence: 2 of 3",
+             "m (random-init (uncalibrated)): 0 PANs: none", "m (pretrained): 0 PANs: none"]
     assert merge_lines(lines) == ["start", "mtcnn_pnet, mtcnn_rnet: no padded convolution",
                                   "0. mtcnn_rnet, mtcnn_onet: no PAN possible",
-                                  "mobilenet_v2: 357 PANs", "1. Existence: 2 of 3"]
+                                  "mobilenet_v2: 357 PANs", "1. Existence: 2 of 3",
+                                  "m (random-init (uncalibrated)), m (pretrained): 0 PANs: none"]
 
 
 def test_merged_messages_prints_the_block_once_merged(capsys):

@@ -108,7 +108,7 @@ def parameters_table(settings: Settings, names: Sequence[str] | str) -> pd.DataF
 def format_number(value, digits: int = 2) -> str:
     """An integral value without decimals (``357``, not ``357.000000``), any other rounded
     to ``digits`` decimals; missing values as an en dash."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, bool):
         return str(value)
@@ -121,7 +121,7 @@ def format_number(value, digits: int = 2) -> str:
 def tidy_table(df: pd.DataFrame, digits: int | dict = 2, *, index: Sequence[str] = (),
                drop_constant: bool = False, max_rows: int | None = None) -> pd.DataFrame:
     """``df`` as a reader should see it: numbers rounded (``digits``: one for all, or per
-    column, default 2), integral numbers without decimals, missing cells as ``–``;
+    column, default 2), integral numbers without decimals, missing or empty cells ``–``;
     columns that are empty everywhere dropped (and, with ``drop_constant``, columns with
     one value in every row); ``index`` columns made the index; at most ``max_rows`` rows."""
     out = df.copy()
@@ -140,7 +140,7 @@ def tidy_table(df: pd.DataFrame, digits: int | dict = 2, *, index: Sequence[str]
             d = digits.get(c, 2) if isinstance(digits, dict) else digits
             out[c] = [format_number(v, d) for v in out[c]]
         else:
-            out[c] = out[c].where(out[c].notna(), "–")
+            out[c] = out[c].where(out[c].notna() & (out[c].astype(str) != ""), "–")
     return out
 
 
@@ -160,7 +160,10 @@ def show_table(df: pd.DataFrame, digits: int | dict = 2, *, index: Sequence[str]
         print(f"full table: tables/{source} ({len(df)} rows)")
 
 
-_SUBJECT = re.compile(r"^(?P<lead>\s*(?:\d+\.\s+)?)(?P<name>[A-Za-z0-9_][\w.:\-]*): (?P<msg>.+)$")
+# "name: message", "0. name: message" or "name (weights): message"
+_SUBJECT = re.compile(r"^(?P<lead>\s*(?:\d+\.\s+)?)"
+                      r"(?P<name>[A-Za-z0-9_][\w.:\-]*(?: \((?:[^()]|\([^()]*\))*\))?)"
+                      r": (?P<msg>.+)$")
 
 
 def merge_lines(lines: Iterable[str]) -> list[str]:
