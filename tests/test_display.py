@@ -82,3 +82,10 @@ def test_merged_messages_prints_the_block_once_merged(capsys):
         print("wrote tables x, y")
     assert capsys.readouterr().out == ("a, b, c: skipped, no classification head\n"
                                        "wrote tables x, y\n")
+
+
+def test_the_shown_parameters_table_cuts_no_value_short(capsys):
+    S = settings("default")
+    show_table(parameters_table(S, "identification"))
+    out = capsys.readouterr().out  # outside IPython, display prints the table's text
+    assert ", ".join(S.models) in out and "..." not in out

@@ -20,10 +20,10 @@ MEANING = {
     "profile": "settings profile",
     "models": "pre-trained models studied",
     "n_images": "probe images per model (scan)",
-    "n_eval": "evaluation images per model, disjoint from the scan",
+    "n_eval": "evaluation images per model (not the scan's)",
     "image_size": "input size",
     "data_dir": "probe images",
-    "tau": "threshold on the border contrast |d| (interior sds)",
+    "tau": "threshold on the border contrast |d|, in sds",
     "consistency": "fraction q of images on which |d| must pass tau",
     "seed": "random seed",
     "device": "device",
@@ -147,17 +147,18 @@ def tidy_table(df: pd.DataFrame, digits: int | dict = 2, *, index: Sequence[str]
 def show_table(df: pd.DataFrame, digits: int | dict = 2, *, index: Sequence[str] = (),
                drop_constant: bool = False, max_rows: int | None = None,
                source: str | None = None) -> None:
-    """Display ``tidy_table(df, ...)``; when rows are left out, say how many and which CSV
-    (``source``, e.g. ``"census.csv"``) holds them all."""
+    """Display ``tidy_table(df, ...)`` with no cell cut short; when rows are left out, say
+    how many and which CSV (``source``, e.g. ``"census.csv"``) holds them all."""
     from IPython.display import display
 
-    display(tidy_table(df, digits, index=index, drop_constant=drop_constant,
-                       max_rows=max_rows))
+    with pd.option_context("display.max_colwidth", None):
+        display(tidy_table(df, digits, index=index, drop_constant=drop_constant,
+                           max_rows=max_rows))
     if max_rows is not None and len(df) > max_rows:
         where = f"; all of them in tables/{source}" if source else ""
         print(f"first {max_rows} of {len(df)} rows{where}")
     elif source:
-        print(f"full table: tables/{source} ({len(df)} rows)")
+        print(f"the full table: tables/{source}")
 
 
 # "name: message", "0. name: message" or "name (weights): message"
