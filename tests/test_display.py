@@ -89,3 +89,26 @@ def test_the_shown_parameters_table_cuts_no_value_short(capsys):
     show_table(parameters_table(S, "identification"))
     out = capsys.readouterr().out  # outside IPython, display prints the table's text
     assert ", ".join(S.models) in out and "..." not in out
+
+
+def test_bars_are_off_in_batch_runs_and_on_interactively(monkeypatch):
+    from pan_utils.engine.progress import NONINTERACTIVE_ENV, progress_bar
+
+    monkeypatch.delenv("PAN_UTILS_PROGRESS", raising=False)
+    monkeypatch.delenv(NONINTERACTIVE_ENV, raising=False)
+    assert not progress_bar(range(3)).disable  # an interactive run keeps its bar
+    monkeypatch.setenv(NONINTERACTIVE_ENV, "1")  # what the runner sets for the kernel
+    assert progress_bar(range(3)).disable
+
+
+def test_the_runner_marks_its_kernel_non_interactive():
+    from pan_utils.study import reproduce
+
+    with reproduce._project_kernel() as name:
+        import json
+        import os
+        from pathlib import Path
+
+        spec = Path(os.environ["JUPYTER_PATH"].split(os.pathsep)[0]) / "kernels" / name
+        env = json.loads((spec / "kernel.json").read_text())["env"]
+    assert env["PAN_UTILS_NONINTERACTIVE"] == "1" and env["PAN_UTILS_PROGRESS"] == "0"
