@@ -88,6 +88,14 @@ lab: setup ## open JupyterLab on the project kernel (LAB_ARGS="--no-browser --po
 bench: setup ## quick scan-overhead benchmark (benchmarks/scan_overhead.py --quick)
 	$(PY) benchmarks/scan_overhead.py --quick
 
+# The static site: the executed notebooks of RESULTS rendered as they are (nothing re-executed),
+# code hidden, figures embedded, a contents page; open SITE/index.html in a browser.
+SITE      := site
+
+.PHONY: html
+html: setup ## build the static site site/index.html from the executed results/notebooks (no re-execution)
+	$(PY) -m pan_utils.study.site --notebooks "$(RESULTS)/notebooks" --out "$(SITE)"
+
 clean: ## remove the smoke run, failed notebooks, leftovers of killed runs and caches (keeps .venv and results/)
 	rm -rf .make .pytest_cache .cache/failed .cache/census
 	rm -rf -- "$(SMOKE_DIR)"

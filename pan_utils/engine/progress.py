@@ -1,8 +1,8 @@
 """Progress bars: tqdm in terminals and in Jupyter, silent inside `make reproduce`.
 
-The runner sets ``PAN_UTILS_PROGRESS=0`` for the notebook kernel: papermill already
-shows progress per cell, and a bar stored in an executed notebook only shows its
-first frame ("0 img") to a reader.
+The runner sets ``PAN_UTILS_PROGRESS=0`` and ``PAN_UTILS_NONINTERACTIVE=1`` for the
+notebook kernel: papermill already shows progress per cell, and a bar stored in an
+executed notebook only shows its first frame ("0 img") to a reader.
 
 A bar over images gets its total from ``image_count`` whenever the number of images is
 known without reading them, so that it shows a percentage and an ETA.
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
+
+NONINTERACTIVE_ENV = "PAN_UTILS_NONINTERACTIVE"  # set by the runner for batch runs
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -58,12 +60,15 @@ def image_count(images) -> int | None:
 
 
 def progress_bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
-    """``tqdm(iterable, **kwargs)``, disabled when ``enabled`` is false or by the env.
+    """``tqdm(iterable, **kwargs)``, disabled when ``enabled`` is false or by the env
+    (``PAN_UTILS_PROGRESS=0``, or ``PAN_UTILS_NONINTERACTIVE`` set by the runner: a bar
+    stored as a widget in an executed notebook is noise; interactive runs keep theirs).
 
     Pass ``total`` (e.g. ``image_count(images)``) whenever it is known: tqdm then shows
     a percentage and an ETA.
     """
     from tqdm.auto import tqdm  # imported here: `python -m pan_utils --help` stays light
 
-    off = os.environ.get("PAN_UTILS_PROGRESS", "1").strip().lower() in ("0", "false", "no")
+    off = (os.environ.get("PAN_UTILS_PROGRESS", "1").strip().lower() in ("0", "false", "no")
+           or bool(os.environ.get(NONINTERACTIVE_ENV)))
     return tqdm(iterable, disable=(not enabled) or off, **kwargs)

@@ -632,4 +632,4 @@ def settings_line(settings: Settings) -> str:
 def dose_header(dose: pd.DataFrame, dose_summary: pd.DataFrame) -> str:
     """On how many evaluation images the dose-response ran, and its grid of k."""
     return (f"dose-response on {int(dose['n_images'].iloc[0])} evaluation images per model; "
-            f"k = {sorted(set(dose_summary['k'].astype(int)))}")
+            f"k = {', '.join(str(k) for k in sorted(set(dose_summary['k'].astype(int))))}")

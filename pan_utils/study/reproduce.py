@@ -286,7 +286,7 @@ def _project_kernel():
                 "display_name": "Python 3 (pan_utils)", "language": "python",
                 "metadata": {"debugger": True},
                 # papermill shows progress per cell; bars stored in a notebook are noise
-                "env": {"PAN_UTILS_PROGRESS": "0", **cache}}
+                "env": {"PAN_UTILS_PROGRESS": "0", "PAN_UTILS_NONINTERACTIVE": "1", **cache}}
         (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
         changed = {"JUPYTER_PATH": os.pathsep.join(
             [tmp] + ([os.environ["JUPYTER_PATH"]] if os.environ.get("JUPYTER_PATH") else [])),

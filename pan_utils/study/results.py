@@ -104,20 +104,21 @@ def show_figure(fig, out_dir: str | Path, name: str) -> None:
     """Save ``fig`` as ``out_dir/figures/name.png`` and show it once, inline, where the
     notebook discusses it (in a terminal, with no display, only the file is written).
 
-    The figure is closed after it is shown, so Jupyter's inline backend does not show it
-    a second time at the end of the cell; returns None, so a cell ending with this call
-    prints nothing else.
+    What is shown is the saved file itself (its PNG bytes), so the rendered notebook and
+    the static site show exactly ``figures/name.png``. The figure is closed after it is
+    shown, so Jupyter's inline backend does not show it a second time at the end of the
+    cell; returns None, so a cell ending with this call prints nothing else.
     """
     import matplotlib.pyplot as plt
 
-    save_figure(fig, out_dir, name)
+    path = save_figure(fig, out_dir, name)
     try:
         from IPython import get_ipython
-        from IPython.display import display
+        from IPython.display import Image, display
     except ImportError:  # pragma: no cover - IPython ships with the notebook stack
         get_ipython = None
     if get_ipython is not None and get_ipython() is not None:
-        display(fig)
+        display(Image(data=Path(path).read_bytes(), format="png"))
     plt.close(fig)
 
 

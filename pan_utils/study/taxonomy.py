@@ -269,9 +269,9 @@ def type_lines(tax: pd.DataFrame) -> list[str]:
     for (m, w), g in tax.groupby(["model", "weights"]):
         top = g.groupby("type")["pans"].sum().sort_values(ascending=False)
         pol = g.groupby("polarity")["pans"].sum()
-        lines.append(f"{m} ({w}): {g['pans'].sum():g} PANs; "
-                     + ", ".join(f"{k} {v:g}" for k, v in top.items())
-                     + "; polarity " + ", ".join(f"{k} {v:g}" for k, v in pol.items()))
+        lines.append(f"{m} ({w}): {g['pans'].sum():.3g} PANs; "
+                     + ", ".join(f"{k} {v:.3g}" for k, v in top.items())
+                     + "; polarity " + ", ".join(f"{k} {v:.3g}" for k, v in pol.items()))
     return lines
 
 
@@ -298,7 +298,7 @@ def uneven_lines(layers: pd.DataFrame, side_pans: pd.DataFrame) -> list[str]:
     for (m, size), g in layers[layers["stride_h"] > 1].groupby(["model", "size"]):
         blind = {s: int((g[side_column("band", s)] == 0).sum()) for s in SIDES}
         lines.append(f"{m} at {size}: {len(g)} stride-2 padded layers; layers blind to each "
-                     f"side: {blind}")
+                     f"side: {', '.join(f'{k} {v}' for k, v in blind.items())}")
     for m, g in side_pans.groupby("model"):
         w = g.pivot_table(index="side", columns="size", values="pans")
         s0, s1 = sorted(w.columns)
