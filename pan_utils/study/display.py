@@ -52,6 +52,15 @@ MEANING = {
     "census_baseline_seeds": "census: random-init baseline seeds",
     "scheduler": "Dask scheduler",
     "workers": "Dask workers",
+    "frames_n_eval": "frames: evaluation images per model",
+    "frames_widths": "frames: natural frame widths, px",
+    "frames_fills": "frames: fills",
+    "frames_control_widths": "frames: widths with centred and random controls, px",
+    "frames_mediation_fills": "frames: fills of the mediation test",
+    "frames_random_draws": "frames: random-channel draws (mediation control)",
+    "frames_adv_widths": "frames: universal frame widths, px",
+    "frames_adv_images": "frames: scan crops the universal frames are fitted on",
+    "frames_adv_steps": "frames: Adam steps per universal fit",
 }
 # The parameters that matter to each chapter, in the order its opening table lists them.
 CHAPTER_PARAMETERS = {
@@ -69,6 +78,10 @@ CHAPTER_PARAMETERS = {
     "census": ("profile", "census_models", "census_architectures", "census_images",
                "census_baseline_seeds", "image_size", "tau", "consistency", "seed", "device",
                "scheduler", "workers"),
+    "frames": ("profile", "models", "tau", "consistency", "frames_n_eval", "frames_widths",
+               "frames_fills", "frames_control_widths", "frames_mediation_fills",
+               "frames_random_draws", "frames_adv_widths", "frames_adv_images",
+               "frames_adv_steps", "seed", "device"),
 }
 # What None means for a parameter (its profile leaves the choice to the model or the machine).
 NONE_MEANS = {"image_size": "each model's own", "data_dir": "bundled photos",
