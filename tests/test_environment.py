@@ -113,3 +113,15 @@ def test_installed_versions_match_the_pins():
         if Version(installed).public != Version(pinned).public:
             wrong.append(f"{name} {installed} (pinned {pinned})")
     assert not wrong, "installed versions differ from requirements.txt: " + ", ".join(wrong)
+
+
+def test_the_tools_make_runs_are_pinned():
+    """A tool the Makefile invokes (nbval through pytest, lint-imports) is in the pins, so a
+    fresh `make setup` installs it: nbval was once lost from them in a layout change."""
+    makefile = (ROOT / "Makefile").read_text()
+    pinned = {n for n, _ in _requirements("requirements.txt")}
+    used = {"nbval": "--nbval", "import-linter": "lint-imports", "pytest": "-m pytest",
+            "papermill": "pan_utils.study.reproduce"}
+    missing = [pkg for pkg, needle in used.items() if needle in makefile and pkg not in pinned]
+    assert not missing, f"the Makefile uses {missing}, which requirements.txt does not pin"
+    assert "--nbval" in makefile, "make test / make verify no longer run nbval"
