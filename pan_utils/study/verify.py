@@ -13,20 +13,31 @@ copy written here instead:
 - carries the nbval tags of the current source notebook's cells (matched by cell id), so
   a results folder executed before a tag was added is checked the same way.
 
-Usage: ``python -m pan_utils.study.verify --work .cache/nbval results/notebooks/*.ipynb``,
-then ``pytest --nbval ... .cache/nbval/notebooks/*.ipynb`` (see the Makefile).
+``make verify`` is ``python -m pan_utils.study.verify --results results``: it prepares
+the copies, prints the nbval command (``nbval_command``) and runs it. ``make test`` runs the
+same command over the smoke run (tests/conftest.py, fixture ``smoke_rerun``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 from .provenance import REPO_ROOT
 
 MARKER = ".nbval-work"  # a work folder this module made (it may be emptied)
+SANITIZER = REPO_ROOT / "tests" / "nbval_sanitize.cfg"
+CELL_TIMEOUT = 3600  # seconds per cell, as the runner's default
+# Strict: every output of every cell is compared (images apart, which nbval skips), except
+# cells tagged nbval-ignore-output; a full diff of a mismatch (verbosity_assertions).
+NBVAL_ARGS = ("-p", "no:cacheprovider", "-q", "-o", "verbosity_assertions=2", "--nbval",
+              "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZER.relative_to(REPO_ROOT)),
+              "--nbval-cell-timeout", str(CELL_TIMEOUT))
 NBVAL_TAGS = ("nbval-check-output", "nbval-ignore-output", "nbval-skip", "nbval-raises")
 CHDIR_FLAG = "# verify: run where the source notebook ran"
 
@@ -80,10 +91,12 @@ def _reparameterise(nb, out_dir: Path, cwd: Path) -> None:
     nb.cells.insert(0, cell)
 
 
-def prepare(executed: list[Path], work: Path, results: Path | None = None) -> list[Path]:
+def prepare(executed: list[Path], work: Path, results: Path | None = None,
+            seed: bool = True) -> list[Path]:
     """Write nbval-ready copies of ``executed`` into ``work/notebooks`` (emptied first)
-    with ``work`` as their ``out_dir``, seeded from ``results`` (default: the folder above
-    the first notebook's). Returns the copies, in the order given."""
+    with ``work`` as their ``out_dir``, seeded (``seed``) with the tables of ``results``
+    (default: the folder above the first notebook's); unseeded, every table comes from
+    the re-execution (all notebooks, in order). Returns the copies, in the order given."""
     import nbformat
 
     if not executed:
@@ -101,9 +114,9 @@ def prepare(executed: list[Path], work: Path, results: Path | None = None) -> li
     shutil.rmtree(work, ignore_errors=True)
     (work / "notebooks").mkdir(parents=True)
     (work / MARKER).write_text("made by pan_utils.study.verify; emptied on each use\n")
-    if (results / "tables").is_dir():
+    if seed and (results / "tables").is_dir():
         shutil.copytree(results / "tables", work / "tables", ignore=shutil.ignore_patterns(".*"))
-    if (results / "claims.json").is_file():
+    if seed and (results / "claims.json").is_file():
         shutil.copy2(results / "claims.json", work / "claims.json")
     copies = []
     for path in map(Path, executed):
@@ -134,17 +147,37 @@ def expand(paths: list[str | Path]) -> list[Path]:
     return out
 
 
+def nbval_command(copies: list[Path], rootdir: Path | None = None) -> list[str]:
+    """The nbval run over ``copies``: pytest with NBVAL_ARGS, in this interpreter (its
+    kernel), node ids relative to ``rootdir`` (the work folder)."""
+    extra = ["--rootdir", str(rootdir)] if rootdir else []
+    return [sys.executable, "-m", "pytest", *NBVAL_ARGS, *extra, *map(str, copies)]
+
+
+def run_nbval(copies: list[Path], rootdir: Path | None = None, capture: bool = False
+              ) -> subprocess.CompletedProcess:
+    """Run nbval over ``copies`` from the repository root, progress bars off (a bar is
+    no result); status 0 when every compared output regenerated."""
+    env = {**os.environ, "PAN_UTILS_PROGRESS": "0"}
+    return subprocess.run(nbval_command(copies, rootdir), cwd=REPO_ROOT, env=env,
+                          capture_output=capture, text=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pan_utils.study.verify",
-        description="Copy executed notebooks into WORK/notebooks, ready for nbval to "
-                    "re-execute them (out_dir WORK, seeded with the results' tables).")
+        description="Re-execute executed notebooks with nbval and fail on any printed "
+                    "number that does not regenerate: copies go to WORK/notebooks "
+                    "(out_dir WORK, seeded with the results' tables), then nbval runs.")
     parser.add_argument("notebooks", nargs="*",
                         help="executed notebooks in run order, or a results folder (its "
                              "notebooks/NN_*.ipynb); default: those of --results")
-    parser.add_argument("--work", required=True, help="scratch folder (emptied)")
+    parser.add_argument("--work", default=str(REPO_ROOT / ".cache" / "nbval" / "verify"),
+                        help="scratch folder, emptied (default: .cache/nbval/verify)")
     parser.add_argument("--results", default=None,
                         help="folder whose tables seed WORK (default: the notebooks' parent)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="write the copies and print the nbval command, do not run it")
     args = parser.parse_args(argv)
     try:
         given = args.notebooks or ([args.results] if args.results else [])
@@ -153,9 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     except VerifyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(copies)} notebook(s) ready for nbval in {Path(args.work) / 'notebooks'}",
-          file=sys.stderr)
-    return 0
+    work = Path(args.work).resolve()
+    command = nbval_command(copies, work)
+    print(f"{len(copies)} notebook(s) ready in {work / 'notebooks'}; nbval:\n"
+          f"PAN_UTILS_PROGRESS=0 {shlex.join(command)}", file=sys.stderr, flush=True)
+    if args.prepare_only:
+        return 0
+    return run_nbval(copies, work).returncode
 
 
 if __name__ == "__main__":
