@@ -45,6 +45,11 @@ def test_every_regex_has_its_replace_and_compiles():
     # progress bars
     ("scan\n 42%|####      | 21/50 [00:03<00:04,  7.10it/s]\nPANs: 357\n",
      "scan\n100%|##########| 50/50 [00:07<00:00,  6.90it/s]\nPANs: 357\n"),
+    # the machine and the cache's state
+    ("width 16, 1 block(s) per stage; torch threads 2\n", "width 16, 1 block(s) per stage; "
+     "torch threads 16\n"),
+    ("census: 6 model(s), 0 from the cache, 6 to run", "census: 6 model(s), 6 from the cache, "
+     "0 to run"),
     # memory addresses
     ("<Figure at 0x7f3a2c1b9d90>", "<Figure at 0x7f11aa02cc10>"),
     # float noise below the printed precision
@@ -67,6 +72,7 @@ def test_noise_reads_alike(a, b):
     ("-> OUT/tables/pans.csv", "-> OUT/tables/pan_counts.csv"),
     ("sides never read: BR 52", "sides never read: BR 53"),
     ("k=4: +22.9 pts", "k=5: +22.9 pts"),
+    ("census: 6 model(s), 0 from the cache", "census: 7 model(s), 0 from the cache"),
 ])
 def test_a_changed_result_still_differs(a, b):
     assert sanitize(a) != sanitize(b), sanitize(a)

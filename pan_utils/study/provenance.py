@@ -303,8 +303,6 @@ _PHRASES = {  # kind: (changed, new, gone)
     "module": ("module {k} changed", "now imports {k}", "no longer imports {k}"),
     "parameter": ("parameter {k} {old!r} -> {new!r}", "parameter {k} = {new!r} (new)",
                   "parameter {k} no longer set"),
-    "package": ("package {k} {old} -> {new}", "package {k} {new} not recorded",
-                "package {k} no longer pinned"),
 }
 
 
@@ -339,8 +337,6 @@ def stale_reasons(entry: dict[str, Any] | None, current: dict[str, Any], out: st
         reasons += _changes("module", entry["modules"], current["modules"])
     else:
         reasons.append("no per-module code hashes (recorded by an older runner)")
-    packages = entry.get("packages", manifest_packages) or {}
-    reasons += _changes("package", packages, current["packages"])
     executed = entry.get("executed")
     if not executed or not (out / executed).is_file():
         reasons.append(f"executed notebook {executed or '(none recorded)'} missing")
@@ -363,7 +359,22 @@ def stale_reasons(entry: dict[str, Any] | None, current: dict[str, Any], out: st
             if now_hashes.get(chapter) != digest:
                 reasons.append(f"claims.json section {chapter!r} "
                                + ("missing" if chapter not in now_hashes else "changed"))
+    packages = entry.get("packages", manifest_packages) or {}
+    reasons += _package_changes(packages, current["packages"])
     return reasons
+
+
+def _package_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Changed versions one by one; packages without a recorded version, or no longer
+    pinned, as one reason each (an older manifest lacks many)."""
+    out = [f"package {k} {old[k]} -> {new[k]}" for k in sorted(set(old) & set(new))
+           if old[k] != new[k]]
+    for names, what in ((sorted(set(new) - set(old)), "no version recorded for"),
+                        (sorted(set(old) - set(new)), "no longer pinned:")):
+        if names:
+            shown = ", ".join(names[:4]) + (f" (+{len(names) - 4})" if len(names) > 4 else "")
+            out.append(f"{what} {shown}")
+    return out
 
 
 def summarize(reasons: list[str], limit: int = MAX_REASONS) -> str:
