@@ -495,3 +495,22 @@ def test_reachable_answers_quickly_for_a_closed_port():
         assert F.reachable("127.0.0.1", port, timeout=2.0) is False
     F._REACHABLE.pop("127.0.0.1", None)
     assert time.perf_counter() - start < 3
+
+
+def test_if_changed_says_why_each_notebook_reruns(ran, capsys):
+    second = _chapter(ran["tmp"] / "02_t.ipynb")
+    base = ["--if-changed", "--profile", "smoke", "--out", str(ran["out"]), "--no-progress"]
+    assert R.main([*base, str(ran["src"]), str(second)]) == 0
+    err = capsys.readouterr().err
+    assert "01_t.ipynb up to date" in err
+    assert "02_t.ipynb reruns: never run into this folder" in err
+    entries = R.read_manifest(ran["out"])["notebooks"]
+    assert "tables/t.csv" in entries["02_t"]["outputs"]  # it wrote t last: it owns it
+    assert "tables/t.csv" not in entries["01_t"]["outputs"]
+    (ran["out"] / "notebooks" / "01_t.ipynb").unlink()
+    assert R.main([*base, str(ran["src"]), str(second)]) == 0
+    err = capsys.readouterr().err
+    assert "01_t.ipynb reruns: executed notebook notebooks/01_t.ipynb missing" in err
+    assert "02_t.ipynb reruns: after 01_t, which reran" in err
+    code, lines = _check(ran, capsys)
+    assert code == 0
