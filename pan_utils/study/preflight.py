@@ -41,15 +41,40 @@ def reachable(host: str, port: int = 443, timeout: float = NETWORK_TIMEOUT) -> b
     return result[0]
 
 
+def check_hosts(hosts: Iterable[str]) -> None:
+    """Try every host at once (the answers are kept for ``reachable``): the check takes
+    one NETWORK_TIMEOUT at most, however many hosts."""
+    todo = [h for h in hosts if h not in _REACHABLE]
+    threads = [threading.Thread(target=reachable, args=(h,), daemon=True) for h in todo]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(NETWORK_TIMEOUT + 1)
+
+
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _source(name: str) -> tuple[str, str]:
+    """resolve_source, with a fast path for names already resolved (a timm tag, a
+    prefixed or offline name): the census lists thousands of them."""
+    for prefix, source in (("torchvision:", "torchvision"), ("tv:", "torchvision"),
+                           ("timm:", "timm"), ("timm/", "timm")):
+        if name.startswith(prefix):
+            return source, name[len(prefix):]
+    if name in OFFLINE:
+        return "offline", name
+    if "." in name:  # arch.tag: only timm names have one
+        return "timm", name
+    return resolve_source(name)
 
 
 def weights_source(name: str) -> tuple[str, str | None]:
     """Where the pre-trained weights of ``name`` would come from: ("cached", path),
     ("network", host) when they must be downloaded, or ("unknown", reason)."""
     try:
-        source, bare = resolve_source(name)
+        source, bare = _source(name)
     except ModelError as exc:
         return "unknown", str(exc)
     if source == "offline":
@@ -100,26 +125,32 @@ def weights_source(name: str) -> tuple[str, str | None]:
 
 
 def weight_problems(models: Iterable[str], what: str = "model") -> list[str]:
-    """One line per model whose weights can be had neither from a cache nor over the
-    network (each host is tried once, for at most NETWORK_TIMEOUT seconds)."""
-    unreachable: dict[str, list[str]] = {}
-    problems = []
-    for name in dict.fromkeys(models):
-        kind, where = weights_source(name)
+    """At most two lines: the models whose weights are unknown, and those whose weights
+    are neither cached nor downloadable because their host cannot be reached (each host
+    is tried once, for at most NETWORK_TIMEOUT seconds; none with HF_HUB_OFFLINE set)."""
+    unknown, unreachable, hosts = [], [], []
+    sources = {name: weights_source(name) for name in dict.fromkeys(models)}
+    check_hosts({where for kind, where in sources.values() if kind == "network"})
+    for name, (kind, where) in sources.items():
         if kind == "unknown":
-            problems.append(f"{what} {name}: {where}")
+            unknown.append(f"{name} ({where})")
         elif kind == "network":
             offline = _hub_offline() and where != TORCHVISION_HOST
             if offline or not reachable(where):
-                unreachable.setdefault(where, []).append(name)
-    for host, names in unreachable.items():
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        why = "HF_HUB_OFFLINE is set" if _hub_offline() and host != TORCHVISION_HOST else (
-            f"{host} cannot be reached")
-        problems.append(f"{what} weights not cached and {why}: {shown}; run where the "
-                        "network is reachable once (the weights are then cached), or "
-                        "choose models that load offline")
+                unreachable.append(name)
+                hosts.append("HF_HUB_OFFLINE is set" if offline else f"{where} unreachable")
+    problems = []
+    if unknown:
+        problems.append(f"{what} weights unknown: {_first(unknown, 3)}")
+    if unreachable:
+        problems.append(f"{len(unreachable)} {what}(s) with weights neither cached nor "
+                        f"downloadable ({', '.join(dict.fromkeys(hosts))}): "
+                        f"{_first(unreachable, 5)}")
     return problems
+
+
+def _first(names: list[str], n: int) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def count_images(root: str | Path, stop_at: int | None = None) -> int:
@@ -162,8 +193,11 @@ def preflight(settings: Settings, census: bool = True) -> list[str]:
     network needed to find them), then the weights of the chapters' models and, with
     ``census``, of the census' pre-trained models."""
     problems = image_problems(settings)
-    problems += weight_problems(settings.models)
+    weights = weight_problems(settings.models)
     if census:
         extra = [m for m in census_models(settings) if m not in settings.models]
-        problems += weight_problems(extra, what="census model")
-    return problems
+        weights += weight_problems(extra, what="census model")
+    if weights:  # one way out, said once
+        weights[-1] += ("; run once where the network is reachable (the weights are then "
+                        "cached), or choose models that load offline")
+    return problems + weights
