@@ -40,7 +40,17 @@ endif
 
 NB_SRC  := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help setup reproduce smoke test lab bench clean distclean params
+# nbval re-executes executed notebooks and compares what they print: make test over the
+# smoke run (tests/conftest.py, fixture smoke_rerun: also the second run of the determinism
+# test), make verify over the committed results/notebooks/. pan_utils.study.verify copies
+# them first into .cache/nbval/ with out_dir pointing there (it never writes into what it
+# checks), prints the nbval command and runs it: strict, cells tagged nbval-ignore-output
+# apart, tests/nbval_sanitize.cfg masking times, paths, progress bars, addresses, float noise.
+NBVAL_DIR := .cache/nbval
+# make verify VERIFY_NOTEBOOKS="results/notebooks/02_taxonomy.ipynb": some of them only
+VERIFY_NOTEBOOKS :=
+
+.PHONY: help setup reproduce smoke test verify lab bench clean distclean params
 
 help: ## list the targets
 	@echo "Usage: make TARGET [PROFILE=smoke|default|paper] [DATA_DIR=/path/to/imagenet/val]"
@@ -63,9 +73,10 @@ $(WEIGHTS): $(STAMP)
 	touch $@
 
 # Up to date is decided by the runner, from RESULTS/manifest.json: a notebook reruns when its
-# profile, parameters, source, pan_utils or the package versions differ from its entry, and
-# every later notebook with it (they may read its tables). The runner locks RESULTS.
-reproduce: params setup ## run every notebook in order into results/ (PROFILE, DATA_DIR)
+# profile, parameters, source, the pan_utils modules it imports, the pinned package versions
+# or an output it recorded differ from its entry, and every later notebook with it (they
+# may read its tables); it prints why. The runner locks RESULTS.
+reproduce: params setup ## run the stale notebooks in order into results/, saying why (PROFILE, DATA_DIR)
 	$(PY) -m pan_utils.study.reproduce --if-changed --profile $(PROFILE) --out "$(RESULTS)" \
 		$(if $(DATA_DIR),--data-dir "$(DATA_DIR)") $(NB_SRC)
 	@if [ "$(PROFILE)" = default ] && [ "$(RESULTS)" = results ]; then $(PY) -m pan_utils.study.readme; fi
@@ -73,9 +84,16 @@ reproduce: params setup ## run every notebook in order into results/ (PROFILE, D
 smoke: ## the whole study with the tiny smoke profile, into .cache/smoke (not results/)
 	$(MAKE) --no-print-directory reproduce PROFILE=smoke RESULTS="$(SMOKE_DIR)"
 
-test: setup ## check the import layers (study -> engine), then run the test suite with a smoke run of every notebook
+# The suite runs every notebook in the smoke profile, nbval re-executes that run
+# (tests/test_nbval.py), then --check last: results/ must match the code (a tree whose code
+# changed since results/ was regenerated fails only this step: run make reproduce).
+test: setup ## lint-imports, the suite with a smoke run of every notebook and nbval over it, then reproduce --check of results/
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
+	$(PY) -m pan_utils.study.reproduce --check --out results
+
+verify: setup ## re-execute results/notebooks/ with nbval (VERIFY_NOTEBOOKS=...): fails on any printed number that does not regenerate
+	$(PY) -m pan_utils.study.verify --work "$(NBVAL_DIR)/verify" --results "$(RESULTS)" $(VERIFY_NOTEBOOKS)
 
 # Extra JupyterLab options: make lab LAB_ARGS="--no-browser --port 8899". As root (containers,
 # cloud VMs) --allow-root is added: Jupyter refuses to start as root without it.
@@ -97,7 +115,7 @@ html: setup ## build the static site site/index.html from the executed results/n
 	$(PY) -m pan_utils.study.site --notebooks "$(RESULTS)/notebooks" --out "$(SITE)"
 
 clean: ## remove the smoke run, failed notebooks, leftovers of killed runs and caches (keeps .venv and results/)
-	rm -rf .make .pytest_cache .cache/failed .cache/census
+	rm -rf .make .pytest_cache .cache/failed .cache/census $(NBVAL_DIR)
 	rm -rf -- "$(SMOKE_DIR)"
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 	if [ -d results ]; then find results -maxdepth 2 \( -name '.staging-*' -o -name '.tmp-*' \) \

@@ -1,4 +1,5 @@
-"""The same parameters give the same tables: a second smoke run against the first."""
+"""The same parameters give the same tables: a second smoke run (nbval's re-execution of
+the first, fixture ``smoke_rerun``) against the first."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pan_utils.study.reproduce import default_notebooks, run_notebook
 from pan_utils.study.results import read_table
 
 # Columns that measure the machine, not the study.
@@ -18,11 +18,9 @@ def _tables(out: Path) -> dict[str, pd.DataFrame]:
     return {p.stem: read_table(out, p.stem) for p in sorted((out / "tables").glob("*.csv"))}
 
 
-def test_rerun_gives_identical_tables(smoke_run, tmp_path):
+def test_rerun_gives_identical_tables(smoke_run, smoke_rerun):
     assert not smoke_run.errors, smoke_run.errors
-    for nb in default_notebooks():
-        run_notebook(nb, tmp_path, profile="smoke", progress=False)
-    first, second = _tables(smoke_run.out_dir), _tables(tmp_path)
+    first, second = _tables(smoke_run.out_dir), _tables(smoke_rerun.out_dir)
     assert first.keys() == second.keys() and first
     for name, a in first.items():
         b = second[name]

@@ -113,3 +113,18 @@ def test_installed_versions_match_the_pins():
         if Version(installed).public != Version(pinned).public:
             wrong.append(f"{name} {installed} (pinned {pinned})")
     assert not wrong, "installed versions differ from requirements.txt: " + ", ".join(wrong)
+
+
+def test_the_tools_make_runs_are_pinned():
+    """A tool that make test / make verify invoke (nbval through pytest, lint-imports,
+    papermill through the runner) is in the pins, so a fresh `make setup` installs it:
+    nbval was once lost from them in a layout change."""
+    makefile = (ROOT / "Makefile").read_text()
+    verify = (ROOT / "pan_utils" / "study" / "verify.py").read_text()
+    pinned = {n for n, _ in _requirements("requirements.txt")}
+    used = {"nbval": "--nbval" in verify and "pan_utils.study.verify" in makefile,
+            "import-linter": "lint-imports" in makefile, "pytest": "-m pytest" in makefile,
+            "papermill": "pan_utils.study.reproduce" in makefile}
+    assert used["nbval"], "make verify no longer runs nbval (pan_utils.study.verify)"
+    missing = [pkg for pkg, is_used in used.items() if is_used and pkg not in pinned]
+    assert not missing, f"make uses {missing}, which requirements.txt does not pin"

@@ -11,7 +11,7 @@ import pytest
 from pan_utils.study.reproduce import REPO_ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
-TARGETS = ("help", "setup", "reproduce", "smoke", "test", "lab", "bench", "clean")
+TARGETS = ("help", "setup", "reproduce", "smoke", "test", "verify", "lab", "bench", "clean")
 
 
 def _make(*args: str) -> subprocess.CompletedProcess:
@@ -69,3 +69,32 @@ def test_caches_stay_inside_the_repository():
     for var in ("MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR"):
         assert re.search(rf"^{var} := {re.escape(str(REPO_ROOT))}/\.cache/", res.stdout,
                          flags=re.M), var
+
+
+def _recipe(target: str, *args: str) -> list[str]:
+    """The commands `make TARGET` runs after setup (setup's own steps dropped)."""
+    res = _make("-n", target, *args)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    return [ln for ln in lines if "pip" not in ln and "ipykernel install" not in ln
+            and "install_offline_weights" not in ln and not ln.startswith(("test -x", "touch"))]
+
+
+def test_test_runs_the_layers_the_suite_and_check_last():
+    steps = _recipe("test")
+    assert [s.split()[0].rsplit("/", 1)[-1] for s in steps][:1] == ["lint-imports"]
+    assert any(s.endswith("-m pytest") for s in steps)  # the suite: smoke run + nbval
+    assert "pan_utils.study.reproduce --check --out results" in steps[-1]
+
+
+def test_verify_runs_nbval_over_the_committed_results_or_the_named_notebooks():
+    (step,) = [s for s in _recipe("verify") if "pan_utils.study.verify" in s]
+    assert '--results "results"' in step
+    (step,) = [s for s in _recipe("verify", "VERIFY_NOTEBOOKS=results/notebooks/02_x.ipynb")
+               if "pan_utils.study.verify" in s]
+    assert step.endswith("results/notebooks/02_x.ipynb")
+
+
+def test_reproduce_says_why_it_reruns():
+    (step,) = [s for s in _recipe("reproduce") if "pan_utils.study.reproduce" in s]
+    assert "--if-changed" in step  # the runner prints the reason of each rerun

@@ -1,50 +1,42 @@
-"""The papermill runner behind ``make reproduce``: executes the notebooks, writes them
-atomically, and keeps ``manifest.json`` and the results index."""
+"""The papermill runner behind ``make reproduce``: executes the notebooks, each into a
+staging folder moved into the results only when it succeeded (``outputs``), records what
+each result depends on in ``manifest.json`` (``provenance``), and says why it reruns a
+notebook or why a folder's results no longer match the code (``--check``).
+
+Run it as ``python -m pan_utils.study.reproduce --help``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import fcntl
-import filecmp
-import hashlib
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..engine.io import atomic_write, readable
+from ..engine.io import readable
+from .outputs import (SCRATCH_PREFIXES, SOURCE_DIRS, OutDirError, check_out_dir,  # noqa: F401
+                      clean_scratch, commit, files, is_runner_folder, remove_if_empty,
+                      results_lock, stage, write_index, write_json, written_files)
+from .provenance import (GENERATOR, PACKAGES, REPO_ROOT, ManifestError,  # noqa: F401
+                         claims_hashes, code_hash, combined_hash, current_state, file_sha256,
+                         git_state, machine, merged_manifest, module_hashes, now,
+                         package_versions, read_manifest, source_hash, stale_reasons,
+                         summarize)
 from .settings import PROFILES, Settings, settings
 
-# --------------------------------------------------------------------------------------
-# The runner: executes notebooks with papermill, writes them atomically, keeps a manifest.
-# --------------------------------------------------------------------------------------
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 KERNEL_NAME = "python3"
 DEFAULT_TIMEOUT = 3600  # seconds per cell: a hung cell fails the run instead of blocking it
-PACKAGES = ("torch", "torchvision", "timm", "numpy", "pandas", "scipy", "matplotlib",
-            "seaborn", "pillow", "scikit-image", "scikit-learn", "tqdm", "papermill",
-            "nbclient", "nbformat", "ipykernel", "pan_utils")
-
-
-GENERATOR = "pan_utils.study.reproduce"  # manifest.json marker: the folder is ours
 # A failed notebook's partial copy goes here, never beside the results it would mix with.
 FAILED_DIR = REPO_ROOT / ".cache" / "failed"
-# Folders of the repository that hold sources: never an output folder.
-SOURCE_DIRS = ("notebooks", "pan_utils", "tests", "docs", "benchmarks", ".git", ".ci")
-# What a run leaves while it works (removed at the next run and by `make clean`).
-SCRATCH_PREFIXES = (".staging-", ".tmp-")
 # Where the kernel and Jupyter would otherwise write under the home folder.
 CACHE_ENV = {"TORCH_HOME": "torch", "MPLCONFIGDIR": "matplotlib", "IPYTHONDIR": "ipython",
              "JUPYTER_RUNTIME_DIR": "jupyter-runtime"}
-_HELD_LOCKS: set[Path] = set()
 
 
 class NotebookError(RuntimeError):
@@ -55,153 +47,9 @@ class NotebookError(RuntimeError):
         self.failed_path = failed_path
 
 
-class OutDirError(RuntimeError):
-    """An output folder the runner must not or cannot write: one line, exit status 2."""
-
-
-# --------------------------------------------------------------------------------------
-# The output folder: guarded, locked, written only through a staging folder.
-# --------------------------------------------------------------------------------------
-
-
-def is_runner_folder(out: str | Path) -> bool:
-    """Whether ``out`` holds a manifest written by this runner (the marker, or the legacy
-    shape with a ``notebooks`` mapping, as in the committed results/)."""
-    manifest = read_manifest(out)
-    return manifest.get("generator") == GENERATOR or isinstance(manifest.get("notebooks"), dict)
-
-
-def _visible_entries(folder: Path) -> list[str]:
-    return [p.name for p in folder.iterdir() if not p.name.startswith(SCRATCH_PREFIXES)]
-
-
-def check_out_dir(out: str | Path) -> Path:
-    """Refuse a folder a run could damage: the repository root or a folder above it, a
-    source folder, a file, a read-only folder, or a non-empty folder this runner did not
-    write (one that has no manifest.json of ours). Returns the resolved path."""
-    path = Path(out).resolve()
-    if path == REPO_ROOT or path in REPO_ROOT.parents:
-        raise OutDirError(f"--out {out}: is the repository root or above it; "
-                          "use a results folder such as results/")
-    for name in SOURCE_DIRS:
-        src = REPO_ROOT / name
-        if path == src or src in path.parents:
-            raise OutDirError(f"--out {out}: is inside the repository's {name}/ (sources); "
-                              "use a results folder such as results/")
-    if path.exists() and not path.is_dir():
-        raise OutDirError(f"--out {out}: exists and is not a folder")
-    if path.is_dir() and _visible_entries(path) and not is_runner_folder(path):
-        raise OutDirError(f"--out {out}: not empty and has no manifest.json of this runner; "
-                          "use an empty or new folder")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutDirError(f"--out {out}: read-only (cannot write in {existing})")
-    return path
-
-
-@contextlib.contextmanager
-def results_lock(out: Path):
-    """Hold an exclusive lock on the folder ``out`` itself (flock on its descriptor, so no
-    lock file is left in the results); a second run refuses instead of interleaving."""
-    key = out.resolve()
-    if key in _HELD_LOCKS:  # re-entered by this process (main -> run_notebook)
-        yield
-        return
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out, os.O_RDONLY)
-    except OSError as exc:
-        raise OutDirError(f"--out {out}: cannot create or open it ({exc.strerror})") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutDirError(f"--out {out}: another run is writing to it; "
-                              "wait for it to finish") from None
-        _HELD_LOCKS.add(key)
-        try:
-            yield
-        finally:
-            _HELD_LOCKS.discard(key)
-    finally:
-        os.close(fd)
-
-
-def clean_scratch(out: Path) -> list[Path]:
-    """Remove what a killed run left: ``.staging-*`` and ``.tmp-*`` in ``out`` and in its
-    sub-folders. Call only under :func:`results_lock` (no other run is using them)."""
-    removed = []
-    for folder in [out, *(p for p in out.iterdir() if p.is_dir() and not p.is_symlink()
-                          and not p.name.startswith("."))] if out.is_dir() else []:
-        for p in folder.iterdir():
-            if p.name.startswith(SCRATCH_PREFIXES):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
-                removed.append(p)
-    return removed
-
-
-def _files(root: Path) -> list[str]:
-    """Files under ``root``, relative, skipping hidden names (scratch, backups)."""
-    out = []
-    for d, dirs, names in os.walk(root):
-        dirs[:] = [x for x in dirs if not x.startswith(".")]
-        out += [os.path.relpath(os.path.join(d, n), root) for n in names if not n.startswith(".")]
-    return sorted(out)
-
-
-def _stage(out: Path) -> Path:
-    """A private folder beside the results (same filesystem: renames are atomic), seeded
-    with a copy of the current tables and claims so a notebook can read earlier chapters."""
-    staging = out / f".staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "notebooks").mkdir(parents=True)
-    if (out / "tables").is_dir():
-        shutil.copytree(out / "tables", staging / "tables",
-                        ignore=shutil.ignore_patterns(".*"))
-    if (out / "claims.json").is_file():
-        shutil.copy2(out / "claims.json", staging / "claims.json")
-    return staging
-
-
-def _commit(staging: Path, out: Path) -> list[str]:
-    """Move every new or changed file of ``staging`` into ``out`` (manifest.json last).
-
-    Each move is a rename; a file it replaces is first hard-linked into
-    ``staging/.backup``, so when a move fails (disk full, Ctrl-C) the moves already done
-    are undone and ``out`` is left as it was. Returns the moved paths."""
-    moves = [rel for rel in _files(staging)
-             if not (out / rel).is_file() or not filecmp.cmp(staging / rel, out / rel,
-                                                             shallow=False)]
-    moves.sort(key=lambda rel: rel == "manifest.json")
-    backup, done, made = staging / ".backup", [], []
-    try:
-        for rel in moves:
-            dst = out / rel
-            for parent in reversed([p for p in dst.parents if out in p.parents]):
-                if not parent.exists():
-                    parent.mkdir()
-                    made.append(parent)
-            if dst.exists():
-                (backup / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.link(dst, backup / rel)
-            os.replace(staging / rel, dst)
-            done.append(rel)
-    except BaseException:
-        for rel in reversed(done):
-            if (backup / rel).exists():
-                os.rename(backup / rel, out / rel)
-            else:
-                (out / rel).unlink(missing_ok=True)
-        for parent in reversed(made):
-            with contextlib.suppress(OSError):
-                parent.rmdir()
-        raise
-    return moves
+class InputError(ValueError):
+    """A bad argument of the runner (a file that is not a notebook, a bad timeout): one
+    line, exit status 2, nothing created."""
 
 
 def _keep_failed(executed: Path, failed_dir: Path, src: Path, final: Path, cwd: Path,
@@ -231,21 +79,12 @@ def _recorded_timings(staging: Path) -> dict[str, Any]:
         return {}
 
 
-def source_hash(src: str | Path) -> str:
-    """sha256 of a notebook's source file: part of what makes a run up to date."""
-    return hashlib.sha256(Path(src).read_bytes()).hexdigest()
-
-
-def code_hash(root: Path = REPO_ROOT) -> str:
-    """sha256 over the package's Python sources (pan_utils/**/*.py), in path order."""
-    h = hashlib.sha256()
-    for p in sorted((root / "pan_utils").rglob("*.py")):
-        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+def _claims(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _portable(path: str | Path, start: str | Path) -> str:
@@ -352,6 +191,28 @@ def notebook_parameters(src: str | Path) -> dict[str, Any]:
     return {name: p["default"] for name, p in papermill.inspect_notebook(str(src)).items()}
 
 
+def check_notebook(path: str | Path) -> Path:
+    """``path`` if it is a readable notebook with a code cell, else :class:`InputError`
+    saying what it is instead (checked before an output folder is created)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such notebook: {path}")
+    if path.suffix != ".ipynb":
+        raise InputError(f"{path}: not a notebook (expected a .ipynb file)")
+    if not path.stat().st_size:
+        raise InputError(f"{path}: an empty file, not a notebook")
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+    except Exception as exc:  # noqa: BLE001 - invalid JSON, not nbformat, unreadable
+        detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: not a readable notebook ({detail})") from None
+    if not any(c.get("cell_type") == "code" for c in nb.cells):
+        raise InputError(f"{path}: a notebook without code cells; nothing to run")
+    return path
+
+
 def run_notebook(src: str | Path, out_dir: str | Path, profile: str = "smoke",
                  data_dir: str | Path | None = None, extra_params: dict[str, Any] | None = None,
                  timeout: int | None = DEFAULT_TIMEOUT, progress: bool = True,
@@ -374,6 +235,8 @@ def run_notebook(src: str | Path, out_dir: str | Path, profile: str = "smoke",
         raise FileNotFoundError(f"no notebook {src}")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
     out = Path(out_dir)
     check_out_dir(out)
     params = _parameters(src, out, profile, data_dir, extra_params)
@@ -381,12 +244,12 @@ def run_notebook(src: str | Path, out_dir: str | Path, profile: str = "smoke",
     with results_lock(out):
         clean_scratch(out)
         try:
-            staging = _stage(out)
+            staging, seeded = stage(out)
         except OSError as exc:
             shutil.rmtree(out / f".staging-{os.getpid()}", ignore_errors=True)
             raise OutDirError(f"--out {out}: cannot stage a run there ({exc.strerror})") from None
         try:
-            return _run_staged(src, out, staging, profile, params, timeout, progress,
+            return _run_staged(src, out, staging, seeded, profile, params, timeout, progress,
                                update_manifest, failed_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -407,9 +270,9 @@ def _parameters(src: Path, out: Path, profile: str, data_dir: str | Path | None,
     return {k: v for k, v in params.items() if k in declared}
 
 
-def _run_staged(src: Path, out: Path, staging: Path, profile: str, params: dict[str, Any],
-                timeout: int | None, progress: bool, update_manifest: bool,
-                failed_dir: Path) -> dict[str, Any]:
+def _run_staged(src: Path, out: Path, staging: Path, seeded: dict, profile: str,
+                params: dict[str, Any], timeout: int | None, progress: bool,
+                update_manifest: bool, failed_dir: Path) -> dict[str, Any]:
     """Execute into ``staging``, then commit it to ``out`` (see :func:`run_notebook`)."""
     import papermill
 
@@ -419,6 +282,8 @@ def _run_staged(src: Path, out: Path, staging: Path, profile: str, params: dict[
     rewrite = {str(staging.resolve()): str(out.resolve()),
                _portable(staging, cwd): _portable(out, cwd)}
     run_params = {**params, "out_dir": _portable(staging, cwd)} if "out_dir" in params else params
+    state = current_state(src, profile, params)  # the code as it is when the run starts
+    claims_before = _claims(staging / "claims.json")
     start = time.perf_counter()
     try:
         with _project_kernel() as kernel:
@@ -434,31 +299,47 @@ def _run_staged(src: Path, out: Path, staging: Path, profile: str, params: dict[
         raise NotebookError(f"{src.name} failed: {_first_line(exc)}; {out} unchanged{where}",
                             failed) from exc
     wall = time.perf_counter() - start
-    entry = {
-        "source": _portable(src, REPO_ROOT) if _inside_repo(src) else src.name,
-        "source_sha256": source_hash(src),
-        "code_sha256": code_hash(),
-        "executed": f"notebooks/{final.name}",
-        "profile": profile,
-        "parameters": params,
-        "settings": _jsonable(_resolved_settings(profile, params)),
-        "wall_time_s": round(wall, 2),
-        **_recorded_timings(staging),
-        "finished": _now(),
-        "git": git_state(),
-    }
     try:
         _sanitise_metadata(executed, src, final, cwd, rewrite)
         readable(executed)
+        entry = {
+            "source": _portable(src, REPO_ROOT) if _inside_repo(src) else src.name,
+            **state,
+            "executed": f"notebooks/{final.name}",
+            "outputs": _output_hashes(staging, seeded),
+            "claims": _written_claims(staging, claims_before, read_manifest(out).get(
+                "notebooks", {}).get(src.stem, {})),
+            "settings": _jsonable(_resolved_settings(profile, params)),
+            "wall_time_s": round(wall, 2),
+            **_recorded_timings(staging),
+            "finished": now(),
+            "git": git_state(),
+        }
         if update_manifest:
             manifest = merged_manifest(out, {src.stem: entry}, profile)
-            _write_json(staging / "manifest.json", manifest)
-        _commit(staging, out)
+            write_json(staging / "manifest.json", manifest)
+        commit(staging, out)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise NotebookError(f"{src.name} ran but its results could not be written to {out} "
                             f"({reason}); {out} unchanged") from exc
     return entry
+
+
+def _output_hashes(staging: Path, seeded: dict) -> dict[str, str]:
+    """sha256 of every file the notebook wrote (claims.json apart: each chapter owns only
+    its section of it, see :func:`_written_claims`)."""
+    return {rel: file_sha256(staging / rel) for rel in written_files(staging, seeded)
+            if rel != "claims.json"}
+
+
+def _written_claims(staging: Path, before: dict[str, Any], old_entry: dict[str, Any]
+                    ) -> dict[str, str]:
+    """Hashes of the claims.json sections this run wrote: those that changed, and those
+    its previous run wrote (a rerun that records the same claims changes nothing)."""
+    after = _claims(staging / "claims.json")
+    mine = {c for c in after if after[c] != before.get(c)} | set(old_entry.get("claims", {}))
+    return claims_hashes(after, sorted(mine))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -481,120 +362,10 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def git_state() -> dict[str, Any]:
-    """Commit of the repository and whether tracked files other than ``results/`` differ
-    from it: results are regenerated before they are committed, so they would always count."""
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                                  check=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                 ":(exclude)results")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
-def package_versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.machine(),
-                            "cpu_count": os.cpu_count()}
-    try:
-        import torch
-
-        info["torch_threads"] = torch.get_num_threads()
-        info["cuda_device"] = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
-                               else None)
-    except Exception:  # noqa: BLE001
-        pass
-    return info
-
-
-def read_manifest(out_dir: str | Path) -> dict[str, Any]:
-    path = Path(out_dir) / "manifest.json"
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
-
-
-def merged_manifest(out_dir: str | Path, entries: dict[str, dict[str, Any]],
-                    profile: str) -> dict[str, Any]:
-    """``out_dir/manifest.json`` with ``entries`` merged in (others keep their entry)."""
-    manifest = read_manifest(out_dir)
-    notebooks = {**manifest.get("notebooks", {}), **entries}
-    return {
-        "generator": GENERATOR,
-        "profile": profile,
-        "profiles": sorted({e.get("profile", profile) for e in notebooks.values()}),
-        "updated": _now(),
-        "git": git_state(),
-        "packages": package_versions(),
-        "machine": machine(),
-        "notebooks": dict(sorted(notebooks.items())),
-    }
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> Path:
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
 def update_manifest_file(out_dir: str | Path, entries: dict[str, dict[str, Any]],
                          profile: str) -> Path:
     """Merge ``entries`` into ``out_dir/manifest.json`` (others keep their previous entry)."""
-    return _write_json(Path(out_dir) / "manifest.json", merged_manifest(out_dir, entries, profile))
-
-
-def write_index(out_dir: str | Path) -> Path:
-    """``out_dir/README.md``: what the run produced, linked, with the manifest's summary."""
-    out_dir = Path(out_dir)
-    manifest = read_manifest(out_dir)
-    if (out_dir / "README.md").exists() and not is_runner_folder(out_dir):
-        raise OutDirError(f"{out_dir / 'README.md'}: not written by this runner (no manifest.json "
-                          "of ours); left as it is")
-    lines = ["# Results", "",
-             "Generated by `make reproduce` (`python -m pan_utils.study.reproduce`); do not edit.", ""]
-    if manifest:
-        git = manifest.get("git", {})
-        commit = (git.get("commit") or "unknown")[:12] + (" (dirty)" if git.get("dirty") else "")
-        lines += [f"- profile: `{', '.join(manifest.get('profiles', [manifest.get('profile')]))}`",
-                  f"- commit: `{commit}`", f"- updated: {manifest.get('updated')}",
-                  "- environment and parameters: [manifest.json](manifest.json)", ""]
-    sections = [("Notebooks (executed)", "notebooks", "*.ipynb"), ("Tables", "tables", "*.csv"),
-                ("Figures", "figures", "*.png")]
-    entries = manifest.get("notebooks", {})
-    for title, sub, pattern in sections:
-        files = sorted(p for p in (out_dir / sub).glob(pattern)
-                       if not p.name.startswith(".") and not p.name.endswith(".failed.ipynb"))
-        lines += [f"## {title}", ""]
-        if not files:
-            lines += ["(none)", ""]
-            continue
-        for p in files:
-            extra = ""
-            if sub == "notebooks" and p.stem in entries:
-                e = entries[p.stem]
-                extra = f" — profile `{e.get('profile')}`, {e.get('wall_time_s')} s"
-            lines.append(f"- [{p.name}]({sub}/{p.name}){extra}")
-        lines.append("")
-    text = "\n".join(lines)
-    return atomic_write(out_dir / "README.md", lambda tmp: Path(tmp).write_text(text))
+    return write_json(Path(out_dir) / "manifest.json", merged_manifest(out_dir, entries, profile))
 
 
 def default_notebooks(root: str | Path = REPO_ROOT) -> list[Path]:
@@ -602,26 +373,97 @@ def default_notebooks(root: str | Path = REPO_ROOT) -> list[Path]:
     return sorted(Path(root, "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+# ------------------------------------------------------------------------ up to date
 
-    parser = argparse.ArgumentParser(
+
+def why_stale(src: Path, out: Path, profile: str, data_dir: str | None,
+              manifest: dict[str, Any] | None = None) -> list[str]:
+    """Why ``out``'s results of ``src`` do not match the code, the packages, the profile
+    and parameters and the outputs on disk as they are now; [] when up to date."""
+    manifest = read_manifest(out) if manifest is None else manifest
+    entry = manifest.get("notebooks", {}).get(Path(src).stem)
+    try:
+        params = _parameters(Path(src).resolve(), out, profile, data_dir, None)
+    except ValueError as exc:
+        return [str(exc)]
+    return stale_reasons(entry, current_state(src, profile, params), out,
+                         manifest.get("packages"))
+
+
+def up_to_date(src: Path, out: Path, profile: str, data_dir: str | None) -> bool:
+    """Whether ``out``'s manifest has an entry for ``src`` that matches the tree now: same
+    profile and parameters, notebook source, imported modules and package versions, and
+    every output it recorded present with its recorded hash."""
+    return not why_stale(src, out, profile, data_dir)
+
+
+def check(notebooks: list[Path], out: Path, profile: str, data_dir: str | None) -> int:
+    """``--check``: one line per stale notebook saying why and exit status 1, or one line
+    saying all are up to date and 0."""
+    manifest = read_manifest(out)
+    if not manifest:
+        print(f"{out}: no manifest.json, so no results to check (make reproduce writes them)")
+        return 1
+    stale = 0
+    for nb in notebooks:
+        reasons = why_stale(nb, out, profile, data_dir, manifest)
+        if reasons:
+            stale += 1
+            print(f"{nb.name}: stale: {summarize(reasons)}")
+    if stale:
+        print(f"{out}: {stale} of {len(notebooks)} notebook(s) stale; "
+              "`make reproduce` reruns them", file=sys.stderr)
+        return 1
+    print(f"{out}: all {len(notebooks)} notebook(s) up to date (profile {profile})")
+    return 0
+
+
+# ------------------------------------------------------------------------ the CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one error line (no usage block) and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message}\n")
+
+
+def _positive_seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of seconds, not {value} (no cell may run forever)")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(
         prog="python -m pan_utils.study.reproduce",
         description="Execute the study's notebooks with papermill into OUT "
-                    "(notebooks/, tables/, figures/, manifest.json, README.md).")
+                    "(notebooks/, tables/, figures/, manifest.json, README.md), or --check "
+                    "whether OUT's results match the code.")
     parser.add_argument("notebooks", nargs="*", help="notebooks to run, in order "
                         "(default: every notebooks/NN_*.ipynb)")
     parser.add_argument("--profile", default="default", help=f"one of {', '.join(PROFILES)}")
     parser.add_argument("--out", default="results", help="output folder (default: results)")
     parser.add_argument("--data-dir", default=None,
                         help="image folder (ImageNet validation layout); required by 'paper'")
-    parser.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT,
-                        help="seconds allowed per cell (default %(default)s)")
+    parser.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT,
+                        help="seconds allowed per cell, > 0 (default %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
     parser.add_argument("--if-changed", action="store_true",
-                        help="skip notebooks whose manifest entry has the same profile, "
-                             "parameters, notebook source and package code (make reproduce)")
-    args = parser.parse_args(argv)
+                        help="rerun only stale notebooks (and every later one), saying why; "
+                             "skip those whose manifest entry matches the tree (make reproduce)")
+    parser.add_argument("--check", action="store_true",
+                        help="run nothing: print one line per stale notebook saying why and "
+                             "exit 1, or one line and exit 0 when all are up to date")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or one error line already printed
+        return int(exc.code or 0)
 
     def fail(message: str) -> int:
         print(f"error: {message}", file=sys.stderr)
@@ -630,16 +472,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile not in PROFILES:
         return fail(f"unknown profile {args.profile!r}; choose one of {', '.join(PROFILES)}")
     data_dir = args.data_dir or None
-    if args.profile == "paper" and not data_dir:
+    if args.profile == "paper" and not data_dir and not args.check:
         return fail("the paper profile needs an ImageNet validation folder: "
                     "make reproduce PROFILE=paper DATA_DIR=/path/to/imagenet/val")
     if data_dir and not Path(data_dir).is_dir():
         return fail(f"data dir {data_dir} is not a folder")
     notebooks = [Path(n) for n in args.notebooks] or default_notebooks()
-    missing = [str(n) for n in notebooks if not n.is_file()]
-    if missing:
-        return fail(f"no such notebook: {', '.join(missing)}")
+    try:
+        for nb in notebooks:
+            check_notebook(nb)
+    except InputError as exc:
+        return fail(str(exc))
     out = Path(args.out)
+    if args.check:
+        try:
+            return check(notebooks, out, args.profile, data_dir)
+        except ManifestError as exc:
+            return fail(str(exc))
+    problems = _preflight(args.profile, data_dir)
+    if problems:
+        return fail("; ".join(problems) if len(problems) == 1 else
+                    f"{len(problems)} problems before any notebook runs: " + "; ".join(problems))
+    created = not out.exists()
     try:
         check_out_dir(out)
         with results_lock(out):
@@ -652,23 +506,48 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the index, after the notebooks' results were moved in
         print(f"error: cannot write in {out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        if created:
+            remove_if_empty(out)
+
+
+def _preflight(profile: str, data_dir: str | None) -> list[str]:
+    """The paper profile's checks (weights, image counts) before anything runs; with a
+    data dir, every profile checks the image counts."""
+    if profile != "paper" and not data_dir:
+        return []
+    from . import preflight
+
+    s = settings(profile, data_dir=data_dir)
+    if profile != "paper":
+        return preflight.image_problems(s)
+    return preflight.preflight(s)
 
 
 def _run_all(notebooks: list[Path], out: Path, args, data_dir: str | None) -> int:
     """Run ``notebooks`` in order into ``out`` (locked by the caller); with
     ``--if-changed`` skip each one whose manifest entry is up to date, until one runs
-    (later chapters may read its tables)."""
+    (later chapters may read its tables), and say why each one reruns."""
     clean_scratch(out)
     if not notebooks:
         print("no notebooks to run (notebooks/NN_*.ipynb)", file=sys.stderr)
         write_index(out)
         return 0
-    done = 0
+    done: list[Path] = []
     for nb in notebooks:
-        if args.if_changed and not done and up_to_date(nb, out, args.profile, data_dir):
-            print(f"[{args.profile}] {nb.name} up to date", file=sys.stderr)
-            continue
-        print(f"[{args.profile}] {nb} -> {out / 'notebooks' / nb.name}", file=sys.stderr)
+        tag = f"[{args.profile}] {nb.name}"
+        if args.if_changed:
+            try:
+                reasons = (why_stale(nb, out, args.profile, data_dir) if not done else
+                           [f"after {done[0].stem}, which reran (this notebook may read "
+                            "its tables)"])
+            except ManifestError as exc:
+                raise OutDirError(str(exc)) from None
+            if not reasons:
+                print(f"{tag} up to date", file=sys.stderr)
+                continue
+            print(f"{tag} reruns: {summarize(reasons)}", file=sys.stderr)
+        print(f"{tag} -> {out / 'notebooks' / nb.name}", file=sys.stderr)
         try:
             entry = run_notebook(nb, out, args.profile, data_dir=data_dir, timeout=args.timeout,
                                  progress=not args.no_progress)
@@ -677,30 +556,11 @@ def _run_all(notebooks: list[Path], out: Path, args, data_dir: str | None) -> in
                 write_index(out)
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        done += 1
-        print(f"[{args.profile}] {nb.name} done in {entry['wall_time_s']:.1f} s", file=sys.stderr)
+        done.append(nb)
+        print(f"{tag} done in {entry['wall_time_s']:.1f} s", file=sys.stderr)
     if done or not (out / "README.md").exists():
         write_index(out)
     return 0
-
-
-def up_to_date(src: Path, out: Path, profile: str, data_dir: str | None) -> bool:
-    """Whether ``out``'s manifest has an entry for ``src`` run with the same profile and
-    parameters, from the same notebook source and package code, under the same package
-    versions, and its executed copy."""
-    manifest = read_manifest(out)
-    entry = manifest.get("notebooks", {}).get(Path(src).stem)
-    if manifest.get("packages") != package_versions():
-        return False
-    if not entry or not (out / entry.get("executed", "-")).is_file():
-        return False
-    try:
-        params = _parameters(Path(src).resolve(), out, profile, data_dir, None)
-    except ValueError:
-        return False
-    return (entry.get("profile") == profile and entry.get("parameters") == params
-            and entry.get("source_sha256") == source_hash(src)
-            and entry.get("code_sha256") == code_hash())
 
 
 if __name__ == "__main__":
