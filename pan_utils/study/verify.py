@@ -157,8 +157,12 @@ def nbval_command(copies: list[Path], rootdir: Path | None = None) -> list[str]:
 def run_nbval(copies: list[Path], rootdir: Path | None = None, capture: bool = False
               ) -> subprocess.CompletedProcess:
     """Run nbval over ``copies`` from the repository root, progress bars off (a bar is
-    no result); status 0 when every compared output regenerated."""
-    env = {**os.environ, "PAN_UTILS_PROGRESS": "0"}
+    no result) and no widgets, as in the runner's batch runs; status 0 when every compared
+    output regenerated. With ``rootdir`` (the emptied work folder) the scans go to a fresh
+    store there, so the rerun recomputes them: the check is also a determinism test."""
+    env = {**os.environ, "PAN_UTILS_PROGRESS": "0", "PAN_UTILS_NONINTERACTIVE": "1"}
+    if rootdir is not None:
+        env["PAN_UTILS_STORE"] = str(Path(rootdir) / "scans")
     return subprocess.run(nbval_command(copies, rootdir), cwd=REPO_ROOT, env=env,
                           capture_output=capture, text=True)
 
