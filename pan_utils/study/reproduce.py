@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.io import readable
+from . import preflight
 from .outputs import (SCRATCH_PREFIXES, SOURCE_DIRS, OutDirError, check_out_dir,  # noqa: F401
                       clean_scratch, commit, files, is_runner_folder, remove_if_empty,
                       results_lock, stage, write_index, write_json, written_files)
@@ -516,8 +517,6 @@ def _preflight(profile: str, data_dir: str | None) -> list[str]:
     data dir, every profile checks the image counts."""
     if profile != "paper" and not data_dir:
         return []
-    from . import preflight
-
     s = settings(profile, data_dir=data_dir)
     if profile != "paper":
         return preflight.image_problems(s)
