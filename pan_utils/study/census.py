@@ -37,7 +37,7 @@ from ..engine.devices import resolve_device
 from .identification import RANDOM as RANDOM_BASELINE
 from .identification import baseline_models, input_size, probe_images, size_label
 from .cluster import GPU, census_client, has_gpu_workers, worker_count
-from .reproduce import code_hash
+from .provenance import code_hash
 from .settings import Settings
 
 # One architecture per family (timm module or torchvision module), the smallest usual
