@@ -22,7 +22,8 @@ from .engine.io import atomic_write
 from .engine import models  # models.load_model, looked up at call time (tests patch it)
 from .engine.models import OFFLINE_MODELS, ModelError, random_init, timm_names, torchvision_names
 from .engine.padding import discover
-from .engine.probes import BundledProbe, ImageFolderProbe, ProbeError, iter_batches
+from .engine.probes import (BundledProbe, ImageFolderProbe, ProbeError, ProbeWarning,
+                            iter_batches)
 from .engine.scan import MIN_IMAGES, ScanError, find_pans
 from .study import census
 from .study.settings import PROFILES as study_profiles
@@ -174,9 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "are cached, so an interrupted census resumes. Writes OUT/census.csv "
                     "(one row per model) and prints a summary.")
     c.add_argument("models", nargs="*", metavar="MODEL",
-                   help="names or glob patterns over the timm and torchvision names "
-                        "('resnet*', 'tv:efficientnet_*'), or a keyword: offline (the "
-                        "wheel-shipped pre-trained models), curated, all, all-pretrained")
+                   help="names, glob patterns or a keyword: offline (the wheel-shipped "
+                        "pre-trained models), curated, all (timm's and torchvision's zoos; a "
+                        "name both have is censused from each, as timm:NAME and tv:NAME), "
+                        "all-pretrained. A plain name means what scan loads (offline, else "
+                        "torchvision, else timm); a plain pattern ('resnet*') searches timm's "
+                        "zoo and the offline names, 'tv:efficientnet_*' torchvision's. "
+                        "Aliases of one net (resnet18 = tv:resnet18) are censused once")
     c.add_argument("--weights", choices=("auto", "pretrained", "none"), default="auto",
                    help="for MODELs: trained weights where they can be had, else random-init "
                         "(auto, default); required (pretrained); or architecture only (none)")
@@ -395,7 +400,7 @@ def cmd_scan(args) -> int:
             raise
     for w in caught:
         text = " ".join(str(w.message).split())
-        if probe is not None and ("unreadable" in text or text.startswith("upscaled")):
+        if probe is not None and issubclass(w.category, ProbeWarning):
             print(f"warning: {text}", file=sys.stderr)
         elif issubclass(w.category, RuntimeWarning) and w.filename.endswith("scan.py"):
             continue  # numpy noise from layers that are all border: reported in the summary
@@ -446,8 +451,13 @@ def cmd_census(args) -> int:
     out = _check_out_dir(Path(args.out))
     arch = args.architectures
     arch_spec = arch if arch in ("curated", "all", "none", None) else arch.split(",")
-    jobs = [census.CensusJob(n, args.weights) for n in census.census_names(args.models)]
-    jobs += [census.CensusJob(n, "none") for n in census.census_names(arch_spec)]
+    notes: list[str] = []
+    jobs = [census.CensusJob(n, args.weights)
+            for n in census.census_names(args.models, notes=notes)]
+    jobs += [census.CensusJob(n, "none")
+             for n in census.census_names(arch_spec, architecture=True, notes=notes)]
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     s = study_settings("default", tau=args.tau, consistency=args.consistency, seed=args.seed,
                        census_images=args.n_images, census_baseline_seeds=args.baseline_seeds,
                        image_size=args.image_size, scheduler=args.scheduler,

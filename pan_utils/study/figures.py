@@ -39,6 +39,15 @@ def _model_order(df: pd.DataFrame, models=None) -> list[str]:
     return [m for m in models if m in present] if models else present
 
 
+def nothing_to_draw(what: str) -> plt.Figure:
+    """A small figure that says why there is nothing to draw (no PAN found, say), so that a
+    chapter without data still writes every figure and runs to its end."""
+    fig, ax = plt.subplots(figsize=(4.5, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, what, ha="center", va="center", fontsize=10, wrap=True)
+    return fig
+
+
 def _tau_line(ax, tau: float | None, vertical: bool = True) -> None:
     if tau is None:
         return
@@ -126,6 +135,8 @@ def map_grid(maps: pd.DataFrame, title: str = "{kind} c{channel} {sides}",
     row per value of ``row``, all maps of a row on one colour scale with its colorbar
     (so a weak channel looks weak beside a strong one). Activation maps are centred on
     their median (``centre``); kernels are shown around 0."""
+    if maps.empty:
+        return nothing_to_draw("no PAN found: no maps to draw")
     key_cols = [c for c in maps.columns if c not in ("row", "col", "value")]
     groups = list(maps.groupby(key_cols, sort=False, dropna=False))
     rows = list(dict.fromkeys(k[key_cols.index(row)] for k, _ in groups))

@@ -293,7 +293,9 @@ def example_maps(model_name: str, settings: Settings, pans: pd.DataFrame,
     pans = pans[(pans["model"] == model_name) & (pans["weights"] == "pretrained")]
     scores = scores[(scores["model"] == model_name) & (scores["condition"] == "pretrained")]
     if pans.empty:
-        return pd.DataFrame()
+        print(f"{model_name}: no PAN found at tau = {settings.tau:g}, so no example maps")
+        return pd.DataFrame(columns=["model", "layer", "channel", "kind", "sides", "corners",
+                                     "max_abs_d", "row", "col", "value"])
     layer, chosen = pick_examples(pans, scores, n_pans, n_other)
     loaded = load_model(model_name)
     loaded.model.to(settings.device)

@@ -28,9 +28,13 @@ def write_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> Path:
 
 
 def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:
-    """A table written by ``write_table``; empty text cells (e.g. no sides) stay ''."""
+    """A table written by ``write_table``; empty text cells (e.g. no sides) stay ''. A table
+    with no rows comes back with its columns (none for one written without any)."""
     path = Path(out_dir) / "tables" / f"{name}.csv"
-    header = pd.read_csv(path, nrows=0).columns
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except pd.errors.EmptyDataError:  # a table without columns (nothing found): empty
+        return pd.DataFrame()
     return pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS if c in header},
                        keep_default_na=False, na_values={c: ["", "nan"] for c in header
                                                          if c not in TEXT_COLUMNS})
