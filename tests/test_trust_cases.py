@@ -310,3 +310,51 @@ def test_an_empty_table_round_trips_with_its_columns(tmp_path):
     assert list(back.columns) == ["model", "pans"] and len(back) == 0
     write_table(pd.DataFrame(), tmp_path, "nothing")  # no columns at all
     assert read_table(tmp_path, "nothing").empty
+
+
+# ------------------------------------------------------------------- chapters without a PAN
+
+def _stream_text(nb_path: Path) -> str:
+    import nbformat
+
+    nb = nbformat.read(str(nb_path), as_version=4)
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []) if o.get("output_type") == "stream")
+
+
+@pytest.mark.parametrize("params, said", [
+    ({"models": ["mtcnn_pnet"]}, "mtcnn_pnet: no padded convolution"),
+    ({"tau": 50}, "mobilenet_v2: no PAN found at tau = 50"),
+])
+def test_chapter_1_runs_to_the_end_without_a_pan(tmp_path, params, said):
+    from pan_utils.study.reproduce import REPO_ROOT, run_notebook
+
+    out = tmp_path / "res"
+    run_notebook(REPO_ROOT / "notebooks" / "01_identification.ipynb", out, "smoke",
+                 extra_params=params, progress=False, failed_dir=tmp_path / "failed")
+    text = _stream_text(out / "notebooks" / "01_identification.ipynb")
+    assert said in text
+    counts = read_table(out, "pan_counts")
+    assert (counts.loc[counts["weights"] == "pretrained", "pans"] == 0).all()
+    assert read_table(out, "pans").empty
+    assert (out / "figures" / "pan_example_maps.png").is_file()
+
+
+def test_tables_of_an_unpadded_model_have_the_columns_of_a_scanned_one():
+    from pan_utils.engine.scan import find_pans
+    from pan_utils.study import identification as I
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)).eval()
+    pans, scores = find_pans(net, torch.randn(8, 3, 16, 16), tau=1000, progress=False,
+                             return_scores=True)
+    assert pans.empty and tuple(pans.columns) == I.PAN_COLUMNS
+    assert tuple(I.per_layer(scores, pans).columns) == I.LAYER_COLUMNS
+    assert tuple(I.channel_scores(scores, pans).columns) == I.CHANNEL_COLUMNS
+    tables = I.unpadded_tables("mtcnn_pnet", settings("smoke"), 48)
+    lead = ["model", "weights", "init_seed"]
+    assert list(tables["pans"].columns) == lead + list(I.PAN_COLUMNS)
+    assert list(tables["pan_layers"].columns) == lead + list(I.LAYER_COLUMNS)
+    assert list(tables["channel_scores"].columns) == lead + ["condition", *I.CHANNEL_COLUMNS]
+    counts = tables["pan_counts"]
+    assert set(I.UNCERTAINTY_COLUMNS) <= set(counts.columns)
+    assert counts["pans_ci_low"].isna().all()

@@ -7,6 +7,7 @@ No backend is chosen here: Jupyter's inline backend shows the figures in the not
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 
 import matplotlib.pyplot as plt
@@ -48,6 +49,16 @@ def nothing_to_draw(what: str) -> plt.Figure:
     return fig
 
 
+def _or_nothing(what: str):
+    """A figure function that draws ``nothing_to_draw(what)`` when its table has no row."""
+    def wrap(draw):
+        @functools.wraps(draw)
+        def drawn(table: pd.DataFrame, *args, **kwargs) -> plt.Figure:
+            return nothing_to_draw(what) if table.empty else draw(table, *args, **kwargs)
+        return drawn
+    return wrap
+
+
 def _tau_line(ax, tau: float | None, vertical: bool = True) -> None:
     if tau is None:
         return
@@ -68,6 +79,8 @@ def sensitivity_curve(sens: pd.DataFrame, tau: float | None = None, models=None
     # A model without a padded convolution has a flat zero curve: the notebook says so in
     # words, and the figure keeps its panels for the models that can have PANs.
     sens = sens[sens.groupby("model")["pans"].transform("max") > 0]
+    if sens.empty:
+        return nothing_to_draw("no PAN at any tau: nothing to draw")
     null = sens["condition"] == "circular null"
     df = sens[~null | (sens["weights"] == "pretrained")]
     df = df.assign(series=np.where(df["condition"] == "circular null",
@@ -90,6 +103,7 @@ def sensitivity_curve(sens: pd.DataFrame, tau: float | None = None, models=None
     return g.figure
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def pans_per_layer(layers: pd.DataFrame, models=None) -> plt.Figure:
     """Fraction of each candidate layer's channels that are PANs, against relative depth
     (the random-init baseline: mean ± sd over init seeds)."""
@@ -171,6 +185,7 @@ def map_grid(maps: pd.DataFrame, title: str = "{kind} c{channel} {sides}",
 # --------------------------------------------------------------------------- 02 taxonomy
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def type_bars(taxonomy: pd.DataFrame, models=None) -> plt.Figure:
     """PANs per type and polarity, per model (columns) and weights (rows), on one scale."""
     order = [t for t in TYPE_ORDER if t in set(taxonomy["type"])]
@@ -194,6 +209,7 @@ def kernel_grid(kernels: pd.DataFrame, title: str = "{kind} c{channel}") -> plt.
 GROUPS = ("non-PAN", "PAN, other side", "PAN, detects side")
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def kernel_mass(mass: pd.DataFrame, models=None) -> plt.Figure:
     """Weight mass on the kernel rows (T, B) or columns (L, R) that read the pad: channels
     detecting that side vs the others, with the number of channels under each box."""
@@ -220,6 +236,7 @@ def kernel_mass(mass: pd.DataFrame, models=None) -> plt.Figure:
     return g.figure
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def uneven_sides(side_pans: pd.DataFrame, models=None) -> plt.Figure:
     """PANs per detected side at input size S and S+1, per model."""
     df = side_pans.assign(size=side_pans["size"].astype(str) + " px")
@@ -231,6 +248,7 @@ def uneven_sides(side_pans: pd.DataFrame, models=None) -> plt.Figure:
     return g.figure
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def uneven_bands(layers: pd.DataFrame, models=None) -> plt.Figure:
     """Layer × side heatmap of band widths (output rows/columns that read the pad) of the
     strided padded layers at each input size; 0 marks a side the layer cannot see."""
@@ -356,6 +374,7 @@ def _n_images_note(df: pd.DataFrame, what: str) -> str:
     return f"n = {' / '.join(map(str, n))} {what}" if n else ""
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def ablation_effects(ablation: pd.DataFrame) -> plt.Figure:
     """Top-1 agreement with the intact model and KL(intact || condition) per condition
     (readable names) and model: bars are means over draws, whiskers the sd of the random
@@ -381,6 +400,7 @@ def ablation_effects(ablation: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def dose_response(summary: pd.DataFrame, models=None) -> plt.Figure:
     """Top-1 agreement and KL against k, the number of ablated channels (log scale): the
     top-k PANs by score (line) against k random channels of the same layers (mean, the
@@ -413,6 +433,7 @@ def dose_response(summary: pd.DataFrame, models=None) -> plt.Figure:
     return fig
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def placement_agreement(placement: pd.DataFrame) -> plt.Figure:
     """Agreement with the intact model when the (shrunk) evidence sits at the centre of
     a grey canvas or in a corner, per condition and model (mean ± sd over draws)."""
@@ -440,6 +461,7 @@ def placement_agreement(placement: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def class_biases(biases: pd.DataFrame, conditions=("pans_mean", "padding_reflect",
                                                    "padding_circular"),
                  n_images: int | dict | None = None) -> plt.Figure:

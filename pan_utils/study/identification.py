@@ -30,6 +30,9 @@ TAUS = tuple(float(t) for t in range(1, 11))
 
 
 NO_PADDING = "trained without padding, it cannot have a PAN"
+# count_uncertainty's columns beside the count (pan_counts of a scanned model)
+UNCERTAINTY_COLUMNS = ("pans_boot_mean", "pans_ci_low", "pans_ci_high", "ci_level", "n_boot",
+                       "half_a_pans", "half_b_pans", "both_halves", "jaccard")
 
 
 def input_size(loaded: LoadedModel, settings: Settings) -> int | tuple[int, int]:
@@ -238,12 +241,28 @@ def unpadded_tables(model_name: str, settings: Settings, size: int | tuple[int, 
     by_seed = pd.DataFrame(by_seed).astype({"init_seed": "Int64"})
     empty = pd.DataFrame({"model": pd.Series(dtype=str), "weights": pd.Series(dtype=str),
                           "init_seed": pd.Series(dtype="Int64")})
+    # no interval nor split-half stability without a scan: the columns, undefined (NaN)
+    undefined = empty.drop(columns="init_seed").assign(
+        **{c: pd.Series(dtype=float) for c in UNCERTAINTY_COLUMNS})
     return {"pan_counts_by_seed": by_seed,
-            "pan_counts": _summary(by_seed, empty.drop(columns="init_seed")),
-            "pans": empty.copy(), "pan_sensitivity": pd.DataFrame(sens).astype(
-                {"init_seed": "Int64"}),
-            "pan_layers": empty.copy(),
-            "channel_scores": empty.assign(condition=pd.Series(dtype=str))}
+            "pan_counts": _summary(by_seed, undefined),
+            "pans": _no_rows(empty, PAN_COLUMNS),
+            "pan_sensitivity": pd.DataFrame(sens).astype({"init_seed": "Int64"}),
+            "pan_layers": _no_rows(empty, LAYER_COLUMNS),
+            "channel_scores": _no_rows(empty.assign(condition=pd.Series(dtype=str)),
+                                       CHANNEL_COLUMNS)}
+
+
+# The columns of identify's tables after model, weights, init_seed (and condition), so that
+# a model without padded convolution gives tables of the same shape, with no row.
+PAN_COLUMNS = ("layer", "order", "depth", "channel", "sides", "corners", "polarity", "type",
+               "score", "d_top", "d_bottom", "d_left", "d_right", "consistency")
+LAYER_COLUMNS = ("layer", "order", "depth", "candidate_channels", "pans")
+CHANNEL_COLUMNS = ("layer", "order", "depth", "channel", "max_abs_d", "pan")
+
+
+def _no_rows(lead: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    return lead.assign(**{c: pd.Series(dtype=object) for c in columns})
 
 
 def identify_all(settings: Settings, *, progress: bool = True
