@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(auto, default); required (pretrained); or architecture only (none)")
     c.add_argument("--architectures", default=None, metavar="SPEC",
                    help="also an architecture-only census (no weights, built on the meta "
-                        "device): curated, all, or comma-separated names/patterns")
+                        "device): curated, all, or comma-separated names/patterns as for "
+                        "MODEL (the timm tags of one architecture count once)")
     c.add_argument("--n-images", type=_positive_int, default=None, metavar="N",
                    help="bundled probe crops per model with weights (default: "
                         f"{study_profiles['default'].census_images})")

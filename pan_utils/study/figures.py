@@ -117,6 +117,7 @@ def pans_per_layer(layers: pd.DataFrame, models=None) -> plt.Figure:
     return g.figure
 
 
+@_or_nothing("no candidate channel: nothing to draw")
 def d_distribution(channel_scores: pd.DataFrame, tau: float | None = None, models=None
                    ) -> plt.Figure:
     """Complementary ECDF of each channel's max |d| over sides, per condition and model."""

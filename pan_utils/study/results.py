@@ -35,9 +35,12 @@ def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:
         header = pd.read_csv(path, nrows=0).columns
     except pd.errors.EmptyDataError:  # a table without columns (nothing found): empty
         return pd.DataFrame()
-    return pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS if c in header},
-                       keep_default_na=False, na_values={c: ["", "nan"] for c in header
-                                                         if c not in TEXT_COLUMNS})
+    df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS if c in header},
+                     keep_default_na=False, na_values={c: ["", "nan"] for c in header
+                                                       if c not in TEXT_COLUMNS})
+    if df.empty:  # no row to infer types from: numbers are floats, as with NaN
+        df = df.astype({c: float for c in df.columns if c not in TEXT_COLUMNS})
+    return df
 
 
 def save_figure(fig, out_dir: str | Path, name: str) -> Path:
