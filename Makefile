@@ -77,8 +77,13 @@ test: setup ## check the import layers (study -> engine), then run the test suit
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
-lab: setup ## open JupyterLab on the project kernel
-	JUPYTER_PREFER_ENV_PATH=1 $(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR)
+# Extra JupyterLab options: make lab LAB_ARGS="--no-browser --port 8899". As root (containers,
+# cloud VMs) --allow-root is added: Jupyter refuses to start as root without it.
+LAB_ARGS  :=
+LAB_ROOT  := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+lab: setup ## open JupyterLab on the project kernel (LAB_ARGS="--no-browser --port 8899")
+	JUPYTER_PREFER_ENV_PATH=1 $(VENV)/bin/jupyter lab --notebook-dir="$(CURDIR)" $(LAB_ROOT) $(LAB_ARGS)
 
 bench: setup ## quick scan-overhead benchmark (benchmarks/scan_overhead.py --quick)
 	$(PY) benchmarks/scan_overhead.py --quick

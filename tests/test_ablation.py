@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pan_utils.engine.ablate import AblationError, ablate, interior_means
@@ -115,6 +116,48 @@ def test_border_ablation_changes_only_border_bands(images, means):
     assert torch.equal(y[:, others], intact[:, others])
 
 
+def planted_border_net() -> nn.Sequential:
+    """A net whose class is decided by one known channel: conv channel 1 is a top-border
+    detector (only its kernel's top row is set, to -1, with bias 0.5, so on positive
+    images it is 0.5 on the top output row, which reads the zero padding, and negative
+    everywhere else); after ReLU and pooling the head calls class 1 when that channel fires.
+    Channel 0 passes the pixel through and the head reads it too, weakly: removing it
+    moves the logits but not the decision."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(2, 2))
+    with torch.no_grad():
+        conv, head = net[0], net[4]
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0  # channel 0: the pixel itself
+        conv.weight[1, 0, 0, :] = -1.0  # channel 1: minus the row above
+        conv.bias.copy_(torch.tensor([0.0, 0.5]))
+        head.weight.copy_(torch.tensor([[0.0, 0.0], [0.1, 16.0]]))
+        head.bias.copy_(torch.tensor([0.5, 0.0]))
+    return net.eval()
+
+
+def test_ablating_the_planted_channel_flips_the_prediction():
+    # Pixels in [0.5, 1.5] on 8x8: channel 1 pools to 0.5 / 8, so class 1 scores
+    # 16 * 0.0625 + 0.1 * (pixel mean) in [1.05, 1.15] > 0.5; without it, at most 0.15.
+    gen = torch.Generator().manual_seed(0)
+    scan_set, x = (0.5 + torch.rand(n, 1, 8, 8, generator=gen) for n in (16, 12))
+    net = planted_border_net()
+    with torch.no_grad():
+        logits = net(x)
+    assert (logits.argmax(1) == 1).all()
+    planted = pd.DataFrame({"layer": ["0"], "channel": [1]})
+    other = pd.DataFrame({"layer": ["0"], "channel": [0]})
+    for how in ("mean", "border"):  # the planted channel carries only its border band
+        with ablate(net, planted, how, images=scan_set), torch.no_grad():
+            assert (net(x).argmax(1) == 0).all(), how
+        with ablate(net, other, how, images=scan_set), torch.no_grad():
+            out = net(x)
+        assert (out.argmax(1) == 1).all(), how
+        assert not torch.allclose(out, logits)  # the control channel did change the logits
+    means = interior_means(net, planted, scan_set).set_index("channel")["interior_mean"]
+    assert means[1] < 0  # the interior of the detector is off, so its mean is too
+
+
 def test_state_and_hooks_restored_on_exit_and_on_error(images, means):
     net = small_net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -175,15 +218,21 @@ def test_evaluate_conditions_metrics(images, means):
                                       "padding_circular"]
     intact = abl.iloc[0]
     assert intact["agreement"] == 1 and intact["kl"] == pytest.approx(0, abs=1e-7)
-    assert abl["agreement"].between(0, 1).all() and (abl["kl"] >= 0).all()
+    assert abl["agreement"].between(0, 1).all()
     with torch.no_grad():
-        pred = net(x).argmax(1)
+        logits = net(x)
+    pred = logits.argmax(1)
     want_acc = float((pred == labels)[labels >= 0].float().mean())
     assert intact["accuracy"] == pytest.approx(want_acc)
     with ablate(net, PANS, "mean", all_means), torch.no_grad():
-        pred_m = net(x).argmax(1)
+        logits_m = net(x)
+    pred_m = logits_m.argmax(1)
     row = abl[abl.condition == "pans_mean"].iloc[0]
     assert row["agreement"] == pytest.approx(float((pred_m == pred).float().mean()))
+    # mean KL(intact || ablated) over the images, computed here from the two outputs
+    lp, lp_m = F.log_softmax(logits, 1), F.log_softmax(logits_m, 1)
+    want_kl = float((lp.exp() * (lp - lp_m)).sum(1).mean())
+    assert want_kl > 1e-6 and row["kl"] == pytest.approx(want_kl, rel=1e-4)
     assert row["n_ablated"] == 3
     sums = shift.groupby(["condition", "draw"])[["count_intact", "count_condition"]].sum()
     assert (sums == len(x)).all().all()

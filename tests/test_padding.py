@@ -11,7 +11,7 @@ from torch import nn
 
 from pan_utils import padded_convs, padding_policy
 from pan_utils.engine.geometry import same_padding
-from pan_utils.engine.padding import MODES, discover, discovering
+from pan_utils.engine.padding import MODES, discover, discovering, is_dynamic_same, is_tf_same
 
 
 class StaticSamePadConv(nn.Conv2d):
@@ -77,6 +77,16 @@ def test_every_padding_form_is_found_with_its_sides(size):
     assert df.drop(index=["pointwise", "pointwise_padded"])["candidate"].all()
     only = padded_convs(AllForms().eval(), size)
     assert set(only["layer"]) == set(df.index) - {"pointwise", "pointwise_padded"}
+
+
+def test_tf_same_convs_are_told_apart_from_the_others():
+    model = AllForms()
+    assert is_dynamic_same(model.tf_same) and is_tf_same(model.tf_same)
+    # its own pad module, fixed for one size: TF-SAME, but not recomputed in forward
+    assert not is_dynamic_same(model.static_same) and is_tf_same(model.static_same)
+    for name in ("plain", "same_even", "depthwise"):
+        conv = getattr(model, name)
+        assert not is_dynamic_same(conv) and not is_tf_same(conv), name
 
 
 def test_explicit_pad_input_size_is_before_padding():

@@ -12,6 +12,7 @@ from pan_utils import ScanError, bundled_images, decide_pans, find_pans, random_
 from pan_utils.engine import kernels
 from pan_utils.engine.geometry import REGIONS
 from pan_utils.engine.padding import discover
+from pan_utils.engine.devices import resolve_device
 
 N_PLAIN = 5  # channels with no border preference
 
@@ -88,6 +89,13 @@ def test_random_init_is_a_fresh_copy():
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert not torch.equal(fresh[0].weight, net[0].weight)
     assert torch.equal(random_init(net, seed=3)[0].weight, fresh[0].weight)
+
+
+def test_auto_device_is_cuda_only_when_cuda_is_available(monkeypatch):
+    for available, want in ((True, "cuda"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda a=available: a)
+        assert resolve_device("auto") == want
+        assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
 
 
 # ----------------------------------------------------------------- brute force

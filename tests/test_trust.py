@@ -100,13 +100,16 @@ def test_notebook_that_raises_midway_changes_nothing(env, capsys, monkeypatch):
                     "import pandas as pd\nfrom pan_utils.study.results import write_table\n"
                     "write_table(pd.DataFrame({'v': [3]}), out_dir, 't')\n"
                     "raise RuntimeError('midway')")
-    assert papermill.execute_notebook is not None
+    assert papermill.execute_notebook.__module__ == "papermill.execute"  # not fake_execute
     code = R.main(["--profile", "smoke", "--out", str(env["out"]), "--no-progress", str(src),
                    "--timeout", "120"])
     line = _error_line(capsys.readouterr().err)
     assert code == 1 and "RuntimeError: midway" in line and "unchanged" in line
     assert snapshot(env["out"]) == env["before"]
-    assert (env["tmp"] / "failed" / "01_t.failed.ipynb").is_file()
+    failed = env["tmp"] / "failed" / "01_t.failed.ipynb"
+    errors = [o for c in nbformat.read(str(failed), as_version=4).cells if c.cell_type == "code"
+              for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert [(o["ename"], o["evalue"]) for o in errors] == [("RuntimeError", "midway")]
     assert str(env["tmp"] / "failed") in line
 
 

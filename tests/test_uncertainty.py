@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pan_utils import bundled_images, find_pans, load_model
-from pan_utils.engine.models import random_init, recalibrate_batchnorm
+from pan_utils.engine.state import random_init, recalibrate_batchnorm
 from pan_utils.engine.scan import scan
 from pan_utils.engine.uncertainty import (bootstrap_counts, count_uncertainty, resampled_pans,
                                           split_half_stability)

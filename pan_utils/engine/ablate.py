@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from .hooks import eval_mode, hooks
-from .models import device_of
 from .padding import ConvSite, discover
 from .probes import iter_batches
-from .progress import progress_bar
+from .progress import image_count, progress_bar
+from .state import device_of
 
 HOWS = ("mean", "border")
 Bands = tuple[int, int, int, int]  # top, bottom, left, right widths
@@ -107,7 +107,8 @@ def interior_means(model: nn.Module, layers_channels, images, *, batch_size: int
         sums[name] = sums[name] + s if name in sums else s
         counts[name] += y.shape[0] * y.shape[2] * y.shape[3]
 
-    bar = progress_bar(desc="interior means", unit="img", enabled=progress, leave=False)
+    bar = progress_bar(total=image_count(images), desc="interior means", unit="img",
+                       enabled=progress, leave=False)
     with bar, eval_mode(model), torch.inference_mode():
         for x in iter_batches(images, batch_size):
             x = x.to(device)

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from .hooks import eval_mode, hooks
-from .models import device_of
 from .padding import discover
 from .probes import iter_batches
+from .state import device_of
 
 
 class MapRecorder:

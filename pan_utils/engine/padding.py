@@ -21,12 +21,29 @@ from torch import nn
 
 from .geometry import SIDES, band_counts, pair, same_padding, side_column
 from .hooks import eval_mode, hooks
-from .models import device_of
+from .state import device_of
 
 MODES = ("zeros", "reflect", "replicate", "circular")
 
-# Classes that compute TF-SAME padding from the input size inside forward.
+# Classes that compute TF-SAME padding from the input size inside forward: timm's and
+# efficientnet_pytorch's (not a dependency, so matched by name like timm's).
 DYNAMIC_SAME = ("Conv2dSame", "Conv2dDynamicSamePadding")
+
+
+def is_dynamic_same(conv: nn.Module) -> bool:
+    """True for a conv that computes TF-SAME padding from the input size in its forward
+    (timm's ``Conv2dSame``): its pads change with the image size, so discovery computes
+    them per size and a padding switch must pad in front of it (docs/METHOD.md §2)."""
+    return type(conv).__name__ in DYNAMIC_SAME
+
+
+def is_tf_same(conv: nn.Module) -> bool:
+    """True for a conv that pads the TF-SAME way, the odd pixel after: dynamically
+    (``is_dynamic_same``) or through a pad module of its own sized for one image size
+    (EfficientNet-Lite's ``Conv2dStaticSamePadding``)."""
+    return is_dynamic_same(conv) or "Same" in type(conv).__name__
+
+
 class PadModule(nn.Module):
     """Base of pad modules that are not torch's own (``policy.PolicyPad``): they carry
     ``padding`` (left, right, top, bottom) and ``mode``, so discovery can read them."""
@@ -218,7 +235,7 @@ def discovering(model: nn.Module) -> Iterator[dict[nn.Module, ConvSite]]:
         sh, sw = pair(mod.stride)
         dh, dw = pair(mod.dilation)
         pad_module, padded = None, False
-        if type(mod).__name__ in DYNAMIC_SAME:
+        if is_dynamic_same(mod):
             kind, mode = "dynamic_same", "zeros"
             pads = same_padding(hw[0], kh, sh, dh) + same_padding(hw[1], kw, sw, dw)
         elif child is not None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .geometry import pair, same_padding
-from .padding import DYNAMIC_SAME, MODES, PAD_TYPES, PadModule, static_pads
+from .padding import MODES, PAD_TYPES, PadModule, is_dynamic_same, static_pads
 
 PAD_CLASS = {
     "zeros": nn.ZeroPad2d,
@@ -77,7 +77,7 @@ def _padded_conv_forward(conv: nn.Conv2d, mode: str):
     kh, kw = pair(conv.kernel_size)
     sh, sw = pair(conv.stride)
     dh, dw = pair(conv.dilation)
-    dynamic = type(conv).__name__ in DYNAMIC_SAME
+    dynamic = is_dynamic_same(conv)
     t, b, l, r = static_pads(conv)[1]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -125,12 +125,12 @@ def padding_policy(model: nn.Module, mode: str) -> Iterator[nn.Module]:
         for m in list(model.modules()):
             if not isinstance(m, nn.Conv2d):
                 continue
-            if mode == "zeros" and type(m).__name__ not in DYNAMIC_SAME:
+            if mode == "zeros" and not is_dynamic_same(m):
                 # torch's fused zero padding is the fastest path: just set the mode.
                 old_mode = m.padding_mode
                 m.padding_mode = mode
                 undo.append(lambda m=m, o=old_mode: setattr(m, "padding_mode", o))
-            elif type(m).__name__ in DYNAMIC_SAME or static_pads(m)[1] != (0, 0, 0, 0):
+            elif is_dynamic_same(m) or static_pads(m)[1] != (0, 0, 0, 0):
                 had = "forward" in m.__dict__
                 old = m.__dict__.get("forward")
                 m.forward = _padded_conv_forward(m, mode)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .geometry import pair
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -162,10 +164,6 @@ def _bundled_crops(n: int, size: tuple[int, int], seed: int, split: str, min_sca
         yield crop.clamp_(0, 1), name
 
 
-def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
 def bundled_images(n: int, size: int | tuple[int, int] = 224, *, seed: int = 0,
                    split: str = "scan", mean: Sequence[float] = IMAGENET_MEAN,
                    std: Sequence[float] = IMAGENET_STD, min_scale: float = 0.15,
@@ -194,7 +192,7 @@ def bundled_images(n: int, size: int | tuple[int, int] = 224, *, seed: int = 0,
     if n < 1:
         raise ProbeError(f"number of images must be at least 1; got {n}")
     crops, names = [], []
-    for crop, name in _bundled_crops(n, _hw(size), seed, split, min_scale):
+    for crop, name in _bundled_crops(n, pair(size), seed, split, min_scale):
         crops.append(crop)
         names.append(name)
     x = normalize(to_channels(torch.cat(crops), channels), mean, std).contiguous()
@@ -225,7 +223,7 @@ class BundledProbe:
     def batches(self, batch_size: int = 32) -> Iterator[torch.Tensor]:
         """Normalised N×C×H×W batches of ``batch_size`` (the last may be smaller)."""
         buf: list[torch.Tensor] = []
-        for crop, _ in _bundled_crops(self.n, _hw(self.size), self.seed, self.split,
+        for crop, _ in _bundled_crops(self.n, pair(self.size), self.seed, self.split,
                                       self.min_scale):
             buf.append(crop)
             if len(buf) == batch_size:
@@ -341,7 +339,7 @@ def eval_transform(size: int | tuple[int, int], crop_fraction: float = 0.875) ->
     (the usual ImageNet evaluation transform), as a float tensor in [0, 1]."""
     from torchvision import transforms
 
-    out_h, out_w = (size, size) if isinstance(size, int) else size
+    out_h, out_w = pair(size)
     return transforms.Compose([
         transforms.Resize(round(max(out_h, out_w) / crop_fraction), antialias=True),
         transforms.CenterCrop((out_h, out_w)), transforms.ToTensor()])
@@ -409,7 +407,7 @@ class ImageFolderProbe:
         self.skipped, self.upscaled = [], []
         thumbs: list[torch.Tensor] = []
         data = self.data.subset(self.files)  # files may have been narrowed after init
-        out_h, out_w = (self.size, self.size) if isinstance(self.size, int) else self.size
+        out_h, out_w = pair(self.size)
         xs, ys = [], []
         for i in range(len(data)):
             img = data.load(i)
@@ -544,9 +542,9 @@ def iter_batches(images, batch_size: int = 32, *, labels: bool = False) -> Itera
         return
     source: Iterable = images.batches(batch_size) if hasattr(images, "batches") else images
     for item in source:
-        pair = isinstance(item, (tuple, list))
-        x = item[0] if pair else item
+        paired = isinstance(item, (tuple, list))
+        x = item[0] if paired else item
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             raise ProbeError("each batch must be an N×C×H×W tensor or a (tensor, labels) pair")
-        y = item[1] if pair and len(item) > 1 else None
+        y = item[1] if paired and len(item) > 1 else None
         yield (x, y) if labels else x

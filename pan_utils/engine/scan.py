@@ -23,12 +23,12 @@ from torch import nn
 from . import kernels
 from .geometry import REGIONS
 from .hooks import eval_mode, hooks
-from .models import device_of
 from .padding import ConvSite, discover, discovering
 from .policy import padding_policy
 from .probes import iter_batches
-from .progress import progress_bar
+from .progress import image_count, progress_bar
 from .rule import NULL_MODE, decide_pans
+from .state import device_of
 
 
 MIN_IMAGES = 8  # find_pans: the consistency of a side over fewer images is noise
@@ -293,7 +293,8 @@ def scan(model: nn.Module, images, *, null: bool = False, batch_size: int = 32,
     check_finite_weights(model)
     accs: dict[str, dict[nn.Module, _Accumulator]] = {m: {} for m in modes}
     sites: list[ConvSite] | None = None
-    bar = progress_bar(desc=desc, unit="img", enabled=progress, leave=False)
+    bar = progress_bar(total=image_count(images), desc=desc, unit="img", enabled=progress,
+                       leave=False)
     try:
         with eval_mode(model), torch.inference_mode():
             for x in iter_batches(images, batch_size):

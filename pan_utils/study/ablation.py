@@ -21,11 +21,12 @@ from torch import nn
 
 from ..engine.ablate import HOWS, AblationError, ablate, channel_pairs
 from ..engine.hooks import eval_mode
-from ..engine.models import Preprocessing, device_of, load_model, model_task
+from ..engine.models import Preprocessing, load_model, model_task
 from ..engine.policy import padding_policy
 from ..engine.probes import ImageFolderProbe, bundled_images, iter_batches
 from ..engine.progress import progress_bar
-from ..engine.scan import find_pans
+from ..engine.state import device_of
+from .identification import pretrained_pans
 from .settings import Settings
 
 PLACEMENTS = ("centre", "corner")
@@ -395,15 +396,8 @@ def study_model(model_name: str, settings: Settings, *, n_placement: int = 64,
     model, p = loaded.model.to(device).eval(), loaded.preprocessing
     size = int(settings.image_size or p.input_size[0])
     bs, seed = int(settings.batch_size), int(settings.seed)
-    if settings.data_dir:
-        scan_x = ImageFolderProbe(settings.data_dir, size, p.mean, p.std,
-                                  n=settings.n_images, seed=seed)
-    else:
-        scan_x = bundled_images(settings.n_images, size, split="scan", seed=seed,
-                                mean=p.mean, std=p.std)
-    pans, scores = find_pans(model, scan_x, settings.tau, settings.consistency,
-                             batch_size=bs, device=device, progress=progress,
-                             return_scores=True)
+    # chapter 1's scan of the same probes, from the store, decided at this run's tau and q
+    pans, scores = pretrained_pans(model_name, settings, progress=progress)
     native = scores[scores["mode"] == "native"]
     controls = random_controls(native, pans, int(settings.n_random_draws), seed)
     means = interior_means_from_scores(scores)
@@ -434,3 +428,215 @@ def interior_means_from_scores(scores: pd.DataFrame) -> pd.DataFrame:
     native = scores[(scores["mode"] == "native") & scores["mean_interior"].notna()]
     return (native.drop_duplicates(["layer", "channel"])[["layer", "channel", "mean_interior"]]
             .rename(columns={"mean_interior": "interior_mean"}).reset_index(drop=True))
+
+
+# --------------------------------------------------------------------------- chapter entry point,
+# claims and findings (the notebook, the README findings and the tests call these)
+
+#: The tables ``ablate_all`` returns, in the order the notebook writes them.
+TABLES = ("ablation", "ablation_summary", "class_shift", "class_bias", "placement",
+          "dose_response", "dose_response_summary")
+README_CONDITIONS = {
+    "pans_mean": "PANs mean-ablated",
+    "random_mean": "as many random channels of the same layers, mean-ablated",
+    "pans_border": "PANs ablated on their border bands only",
+    "random_border": "as many random channels, border bands only",
+    "padding_reflect": "padding switched to reflect",
+    "padding_replicate": "padding switched to replicate",
+    "padding_circular": "padding switched to circular",
+}
+
+
+def ablate_all(settings: Settings, *, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """``study_model`` for every model of the profile, tables concatenated, with the
+    summaries (``ablation_summary``, ``class_bias``, ``dose_response_summary``): the
+    tables of ``TABLES``."""
+    parts: dict[str, list[pd.DataFrame]] = {k: [] for k in ("ablation", "class_shift",
+                                                            "placement", "dose_response")}
+    for name in settings.models:
+        print(f"{name}: scan, controls, {settings.n_eval} evaluation images × conditions, "
+              "placement")
+        out = study_model(name, settings, n_placement=settings.n_placement,
+                          placement_scale=settings.placement_scale, progress=progress)
+        for key in parts:
+            parts[key].append(out[key])
+    t = {k: pd.concat(v, ignore_index=True) for k, v in parts.items()}
+    t["ablation_summary"] = summarise(t["ablation"])
+    t["class_bias"] = characteristic_biases(t["class_shift"], k=5)
+    t["dose_response_summary"] = dose_summary(t["dose_response"])
+    return {k: t[k] for k in TABLES}
+
+
+def _pct1(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def agreement_lines(summary: pd.DataFrame, ablation: pd.DataFrame) -> list[str]:
+    """Per model: the agreement of each condition, against the random controls' spread,
+    and how many control draws ablating the PANs beats."""
+    lines = []
+    for model, g in summary.groupby("model", sort=False):
+        s = g.set_index("condition")
+        mine = ablation[ablation["model"] == model]
+        draws = mine[mine["condition"] == "random_mean"]
+        n_pans = int(s.loc["pans_mean", "n_ablated"])
+        line = (f"{model}: {n_pans} PANs. Mean-ablating them keeps "
+                f"{s.loc['pans_mean', 'agreement']:.1%} of top-1 predictions (KL "
+                f"{s.loc['pans_mean', 'kl']:.2f}); ablating only their border bands keeps "
+                f"{s.loc['pans_border', 'agreement']:.1%} (KL {s.loc['pans_border', 'kl']:.2f}).")
+        if len(draws):
+            worse = int((draws["agreement"] > s.loc["pans_mean", "agreement"]).sum())
+            line += (f" As many random non-PAN channels keep "
+                     f"{s.loc['random_mean', 'agreement']:.1%} ± "
+                     f"{s.loc['random_mean', 'agreement_sd']:.1%} (KL "
+                     f"{s.loc['random_mean', 'kl']:.2f}); removing the PANs hurts more than "
+                     f"{worse} of {len(draws)} random draws.")
+        border = mine[mine["condition"] == "random_border"]
+        if len(border):
+            worse_b = int((border["agreement"] > s.loc["pans_border", "agreement"]).sum())
+            line += (f" Border-ablating as many random non-PAN channels keeps "
+                     f"{s.loc['random_border', 'agreement']:.1%} ± "
+                     f"{s.loc['random_border', 'agreement_sd']:.1%}; border-ablating the PANs "
+                     f"hurts more than {worse_b} of {len(border)} draws.")
+        pads = ", ".join(f"{c.removeprefix('padding_')} {s.loc[c, 'agreement']:.1%}"
+                         for c in s.index if c.startswith("padding_"))
+        line += f" Swapping the padding at inference keeps: {pads}."
+        if mine["accuracy"].notna().any():
+            a = mine.groupby("condition", sort=False)["accuracy_change"].mean()
+            line += " Accuracy change: " + ", ".join(
+                f"{c} {v:+.1%}" for c, v in a.items() if c != "intact") + "."
+        lines.append(line)
+    return lines
+
+
+def dose_lines(dose_summary: pd.DataFrame) -> list[str]:
+    """Per model and ablation kind: PANs against the control at every k, and at how many
+    k the PANs change more predictions (a positive gap)."""
+    lines = []
+    for (model, how), g in dose_summary.groupby(["model", "how"], sort=False):
+        parts = []
+        for r in g.itertuples():
+            z = f", {r.gap_in_sd:+.1f} sd" if pd.notna(r.gap_in_sd) else ""
+            parts.append(f"k={r.k:.0f}: PANs {r.agreement_pans:.1%} vs random "
+                         f"{r.agreement_random:.1%} (gap {r.gap:+.1%}{z})")
+        larger = int((g["gap"] > 0).sum())
+        lines.append(f"{model}, {how}-ablated: " + "; ".join(parts) + f". PANs change more "
+                     f"predictions than the control at {larger} of {len(g)} values of k.")
+    return lines
+
+
+BIAS_CONDITIONS = ("pans_mean", "pans_border", "padding_reflect", "padding_circular")
+
+
+def bias_lines(biases: pd.DataFrame, n: int = 3) -> list[str]:
+    """Per model and condition of ``BIAS_CONDITIONS``: the ``n`` classes that gain and lose
+    the most predictions (``class_bias``)."""
+    from .figures import condition_label
+
+    lines = []
+    shown = biases[biases["condition"].isin(BIAS_CONDITIONS)]
+    for (model, cond), g in shown.groupby(["model", "condition"], sort=False):
+        gain, loss = (", ".join(f"{r.class_name} ({r.shift:+.1f})"
+                                for r in g[g["direction"] == d].head(n).itertuples())
+                      for d in ("gain", "loss"))
+        lines.append(f"{model} · {condition_label(cond)}: gains {gain or '-'}; "
+                     f"loses {loss or '-'}")
+    return lines
+
+
+def placement_lines(placement: pd.DataFrame) -> list[str]:
+    """Per model: each condition's agreement with the evidence at the centre and in a corner."""
+    from .figures import condition_label
+
+    pl = placement.groupby(["model", "condition", "placement"], sort=False)["agreement"].mean()
+    pl = pl.unstack("placement")
+    return [f"{model}: " + "; ".join(
+        f"{condition_label(cond)}: centre {r['centre']:.1%} vs corner {r['corner']:.1%}"
+        for (_, cond), r in g.iterrows() if cond != "intact")
+        for model, g in pl.groupby(level="model", sort=False)]
+
+
+def ablation_claims(ablation: pd.DataFrame, dose_summary: pd.DataFrame) -> dict[str, dict]:
+    """The chapter's claims.json entry: per model, the top-1 agreement of each condition
+    (mean over draws), the random controls' mean and sd over draws, and the dose gaps."""
+    claims = {}
+    for model, g in ablation.groupby("model", sort=False):
+        agree = g[g["condition"] != "intact"].groupby("condition", sort=False)["agreement"]
+        rnd = g.loc[g["condition"] == "random_mean", "agreement"]
+        rnd_b = g.loc[g["condition"] == "random_border", "agreement"]
+        ds = dose_summary[dose_summary["model"] == model]
+        claims[model] = {
+            "n_eval_images": int(g["n_images"].iloc[0]),
+            "n_pans": int(g.loc[g["condition"] == "pans_mean", "n_ablated"].max()),
+            "agreement": {c: float(v) for c, v in agree.mean().items()},
+            "random_control_mean": float(rnd.mean()) if len(rnd) else None,
+            "random_control_sd": float(rnd.std(ddof=1)) if len(rnd) > 1 else 0.0,
+            "random_draws": int(len(rnd)),
+            "random_border_control_mean": float(rnd_b.mean()) if len(rnd_b) else None,
+            "random_border_control_sd": float(rnd_b.std(ddof=1)) if len(rnd_b) > 1 else 0.0,
+            "dose_gap": {how: {str(int(r.k)): float(r.gap) for r in d.itertuples()}
+                         for how, d in ds.groupby("how")},
+        }
+    return claims
+
+
+def claim_lines(claims: dict[str, dict]) -> list[str]:
+    """One line per model of ``ablation_claims``: every condition's agreement."""
+    from .figures import condition_label
+
+    return [f"{model}: " + ", ".join(f"{condition_label(k)} {v:.3f}"
+                                     for k, v in c["agreement"].items())
+            for model, c in claims.items()]
+
+
+def ablation_readme(summary: pd.DataFrame, ablation: pd.DataFrame,
+                    dose_summary: pd.DataFrame, placement: pd.DataFrame) -> list[str]:
+    """The README's chapter-3 findings from ``ablation_summary``, ``ablation``,
+    ``dose_response_summary`` and ``placement``."""
+    models = list(dict.fromkeys(summary["model"]))
+    n = int(ablation["n_images"].iloc[0])
+    lines = [f"Agreement = top-1 identical to the intact model, on {n} evaluation crops "
+             "disjoint from the scan set (`ablation_summary.csv`; random controls: mean ± sd "
+             "over draws).", "", "| condition | " + " | ".join(models) + " |",
+             "|---|" + "---|" * len(models)]
+    s = summary.set_index(["condition", "model"])
+    for cond, label in README_CONDITIONS.items():
+        if cond not in s.index.get_level_values(0):
+            continue
+        cells = []
+        for m in models:
+            r = s.loc[(cond, m)]
+            sd = f" ± {_pct1(r['agreement_sd'])}" if r["draws"] > 1 else ""
+            cells.append(_pct1(r["agreement"]) + sd)
+        draws = int(s.loc[cond]["draws"].max())
+        lines.append(f"| {label}" + (f" ({draws} draws)" if draws > 1 else "") + " | "
+                     + " | ".join(cells) + " |")
+    lines.append("")
+    for (m, how), g in dose_summary.groupby(["model", "how"], sort=False):
+        gaps = ", ".join(f"k={int(r.k)}: {100 * r.gap:+.1f} pts" for r in g.itertuples())
+        lines.append(f"- {m}, dose-response, {how} ablation (`dose_response_summary.csv`; gap = "
+                     f"control agreement minus PANs'): {gaps}.")
+    pl = placement[placement["condition"] == "pans_border"].groupby(
+        ["model", "placement"])["agreement"].mean()
+    lines.append("")
+    for m in models:
+        if (m, "centre") in pl.index and (m, "corner") in pl.index:
+            lines.append(f"- {m}, PANs border-ablated (`placement.csv`): agreement "
+                         f"{_pct1(pl[(m, 'centre')])} for evidence at the centre, "
+                         f"{_pct1(pl[(m, 'corner')])} in a corner.")
+    return lines
+
+
+def settings_line(settings: Settings) -> str:
+    """What the chapter runs: models, scan and evaluation images, controls, tau, device."""
+    s = settings
+    return (f"profile {s.profile}: models {', '.join(s.models)}; {s.n_images} scan + "
+            f"{s.n_eval} evaluation images "
+            f"({'folder ' + s.data_dir if s.data_dir else 'bundled photos'}), "
+            f"{s.n_random_draws} random-control draws, tau={s.tau}, device {s.device}")
+
+
+def dose_header(dose: pd.DataFrame, dose_summary: pd.DataFrame) -> str:
+    """On how many evaluation images the dose-response ran, and its grid of k."""
+    return (f"dose-response on {int(dose['n_images'].iloc[0])} evaluation images per model; "
+            f"k = {sorted(set(dose_summary['k'].astype(int)))}")

@@ -31,9 +31,10 @@ from ..engine.io import atomic_write
 from ..engine.models import OFFLINE, LoadedModel, ModelError, Preprocessing, load_model
 from ..engine.zoo import (architecture_key, build_architecture, model_family, model_names,
                           resolve_source)
-from ..engine.padding import ConvSite, discover
+from ..engine.padding import ConvSite, discover, is_tf_same
 from ..engine.progress import progress_bar
 from ..engine.scan import find_pans
+from ..engine.devices import resolve_device
 from .identification import RANDOM as RANDOM_BASELINE
 from .identification import baseline_models, input_size, probe_images, size_label
 from .cluster import GPU, census_client, has_gpu_workers, worker_count
@@ -142,7 +143,7 @@ def padding_form(site: ConvSite) -> str | None:
         return None
     if site.mode != "zeros":
         return "constant" if site.mode.startswith("constant") else site.mode
-    if site.kind == "dynamic_same" or "Same" in type(site.module).__name__:
+    if is_tf_same(site.module):
         return "tf_same"
     return "zeros"
 
@@ -206,12 +207,6 @@ def _worker_threads() -> int | None:
         return int(get_worker().state.nthreads)
     except (ImportError, ValueError, AttributeError):
         return None
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _load(job: CensusJob, row: dict) -> tuple[LoadedModel | None, str]:
@@ -347,7 +342,7 @@ def _run_task(job: CensusJob, settings: Settings, device: str, row: dict) -> Non
         row.update(padding_profile(sites))
         if row["weights"] == PRETRAINED:
             stage = "scan"
-            _scan(loaded, settings, _resolve_device(device), row, sites, size)
+            _scan(loaded, settings, resolve_device(device), row, sites, size)
     except Exception as exc:
         exc.stage = stage  # type: ignore[attr-defined]
         raise
@@ -617,3 +612,126 @@ def census_claims(table: pd.DataFrame) -> dict[str, Any]:
         "baseline_pans": {m: float(p) for m, p in zip(scanned["model"],
                                                      scanned["baseline_pans"])},
     }
+
+
+# --------------------------------------------------------------------------- chapter entry point,
+# sentences and README findings (the notebook, study/readme.py and the tests call these)
+
+
+def census_jobs(settings: Settings) -> list[CensusJob]:
+    """The profile's census: its models with trained weights, then its architectures
+    without weights."""
+    return ([CensusJob(m, PRETRAINED) for m in census_names(settings.census_models)]
+            + [CensusJob(m, "none")
+               for m in census_names(settings.census_architectures, architecture=True)])
+
+
+def jobs_line(jobs: Sequence[CensusJob]) -> str:
+    """How many census jobs have trained weights and how many are architectures only."""
+    return (f"{sum(j.weights == PRETRAINED for j in jobs)} model(s) with weights, "
+            f"{sum(j.weights == 'none' for j in jobs)} architecture(s) without")
+
+
+def census_all(settings: Settings, jobs: Sequence[CensusJob] | None = None, *,
+               cache_dir: str | Path | None = None) -> dict[str, pd.DataFrame]:
+    """The chapter's tables: ``census`` (one row per job, ``run_census``) and
+    ``census_padding`` (``padding_summary`` of it)."""
+    table = run_census(census_jobs(settings) if jobs is None else jobs, settings,
+                       cache_dir=cache_dir)
+    return {"census": table, "census_padding": padding_summary(census_table(table))}
+
+
+def census_line(claims: dict[str, Any]) -> str:
+    """How many models ran and failed, and how many CNN architectures of how many families."""
+    return (f"{claims['models']} model(s): {claims['models'] - claims['errors']} ran, "
+            f"{claims['errors']} failed; {claims['architectures']} CNN architectures of "
+            f"{claims['families']} families (a ViT's patch embedding is not a CNN)")
+
+
+def padding_lines(summary: pd.DataFrame) -> list[str]:
+    """Per padding kind of ``census_padding``: architectures and those with blind spots."""
+    return [f"{r.padding_kind}: {r.architectures} architecture(s) ({100 * r.fraction:.0f}%), "
+            f"{r.with_blind_spots} with blind spots ({100 * r.blind_fraction:.0f}% of them)"
+            for r in summary.itertuples()]
+
+
+def blind_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The census rows with at least one blind strided conv."""
+    return table[table["blind_convs"].fillna(0) > 0]
+
+
+def blind_line(table: pd.DataFrame) -> str:
+    """How many architectures have blind spots, by the sides never read."""
+    blind = blind_rows(table)
+    return (f"{len(blind)} architecture(s) with blind spots; sides never read: "
+            + ", ".join(f"{k} {v}" for k, v in blind["blind_sides"].value_counts().items()))
+
+
+def pan_lines(table: pd.DataFrame) -> list[str]:
+    """Per model with trained weights: its PANs by side against its random-init baseline
+    (or why there are none, or where it failed)."""
+    lines = []
+    for r in table[table["weights"] == PRETRAINED].itertuples():
+        if r.status != STATUS_OK:
+            lines.append(f"{r.model}: failed at {r.stage}: {r.error}")
+        elif not r.padded_convs:
+            lines.append(f"{r.model}: no padded conv, no PAN possible")
+        else:
+            sides = ", ".join(f"{k} {getattr(r, 'pans_' + k)}" for k in "TBLR")
+            spread = f" ± {r.baseline_pans_sd:.1f}" if r.baseline_seeds > 1 else ""
+            lines.append(f"{r.model}: {r.pans} PANs ({100 * r.pan_fraction:.1f}% of "
+                         f"{r.candidate_channels} candidate channels; by side {sides}) against "
+                         f"{r.baseline_pans:.1f}{spread} for its random-init baseline "
+                         f"({r.baseline_seeds} seed(s)); blind sides of its architecture: "
+                         f"{r.blind_sides or 'none'}")
+    return lines
+
+
+def failed_line(table: pd.DataFrame) -> str:
+    """How many census rows are errors."""
+    n = int((table["status"] != STATUS_OK).sum())
+    return f"{n} model(s) failed" + (":" if n else "")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _seeds(table: pd.DataFrame) -> str:
+    n = table["baseline_seeds"].dropna()
+    k = int(n.max()) if len(n) else 0
+    return f"{k} seed" + ("s, mean" if k > 1 else "")
+
+
+def census_readme(table: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """The README's chapter-5 findings from ``census`` (through ``census_table``) and
+    ``census_padding``."""
+    c = census_claims(table)
+    summary = summary.set_index("padding_kind")
+    kinds = ", ".join(f"{k} {int(r.architectures)} ({_pct(r.fraction)})"
+                      for k, r in summary.drop("all").iterrows())
+    blind = ", ".join(f"{k} {int(r.with_blind_spots)} of {int(r.architectures)}"
+                      for k, r in summary.drop("all").iterrows())
+    failed = f", {c['errors']} failed, kept as rows with their error" if c["errors"] else ""
+    lines = [f"{c['architectures']} CNN architectures of {c['families']} families ran "
+             f"({c['models']} models in `census.csv`{failed}); "
+             f"padding kinds: {kinds}. At their default input size "
+             f"{c['blind_spot_architectures']} ({_pct(c['blind_spot_fraction'])}) have "
+             "uneven-padding blind spots, a padded side that a strided conv never reads "
+             f"(by kind: {blind}; `census_padding.csv`).", "",
+             "| model (pre-trained) | task | PANs | of candidate channels | random-init, "
+             f"BatchNorm recalibrated ({_seeds(table)}) | blind sides of the architecture |",
+             "|---|---|---|---|---|---|"]
+    scanned = table[(table["weights"] == PRETRAINED) & (table["status"] == STATUS_OK)]
+    for r in scanned.itertuples():
+        if not r.padded_convs:
+            lines.append(f"| {r.model} | {r.task} | 0 | no padded convolution | 0 | – |")
+            continue
+        lines.append(f"| {r.model} | {r.task} | {r.pans} | {r.candidate_channels} "
+                     f"({_pct(r.pan_fraction)}) | {r.baseline_pans:.1f} | "
+                     f"{r.blind_sides or 'none'} |")
+    n = scanned.loc[scanned["n_images"] > 0, "n_images"]
+    if len(n):
+        lines += ["", f"PAN census on {int(n.iloc[0])} probe crops per model (chapter 1 "
+                  "uses more), rule and null as above."]
+    return lines

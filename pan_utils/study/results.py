@@ -16,31 +16,90 @@ TEXT_COLUMNS = ("model", "weights", "layer", "sides", "corners", "polarity", "ty
 TIMINGS_FILE = ".timings.json"  # hidden: the runner moves it into the manifest, not results
 
 
+PARAMS_SUFFIX = ".params.json"  # beside each table: the parameters it was made with
+
+
 def write_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> Path:
     """``out_dir/tables/name.csv``, written atomically; floats rounded for stable diffs.
 
     Wall-clock times must not make a rerun differ: a table carries them in
-    ``df.attrs["timings"]``, recorded by ``record_timings`` (the manifest keeps them)."""
+    ``df.attrs["timings"]``, recorded by ``record_timings`` (the manifest keeps them).
+    The parameters a table was made with (``df.attrs["params"]``: tau, q, probes, size,
+    profile, seeds) go to ``tables/name.params.json``, so that a chapter reading it can
+    check them (``table_mismatches``)."""
+    import json
+
     if df.attrs.get("timings"):
         record_timings(out_dir, name, df.attrs["timings"])
+    params = df.attrs.get("params")
+    if params:
+        text = json.dumps(params, indent=1, sort_keys=True, default=_plain) + "\n"
+        atomic_write(Path(out_dir) / "tables" / f"{name}{PARAMS_SUFFIX}",
+                     lambda tmp: Path(tmp).write_text(text))
     return atomic_write(Path(out_dir) / "tables" / f"{name}.csv",
                         lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
 
 
 def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:
-    """A table written by ``write_table``; empty text cells (e.g. no sides) stay ''. A table
-    with no rows comes back with its columns (none for one written without any)."""
+    """A table written by ``write_table``; empty text cells (e.g. no sides) stay ''; its
+    recorded parameters, if any, in ``attrs["params"]``. A table with no rows comes back
+    with its columns (none for one written without any)."""
     path = Path(out_dir) / "tables" / f"{name}.csv"
     try:
         header = pd.read_csv(path, nrows=0).columns
     except pd.errors.EmptyDataError:  # a table without columns (nothing found): empty
-        return pd.DataFrame()
-    df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS if c in header},
-                     keep_default_na=False, na_values={c: ["", "nan"] for c in header
-                                                       if c not in TEXT_COLUMNS})
+        header = None
+    if header is None:
+        df = pd.DataFrame()
+    else:
+        df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS if c in header},
+                         keep_default_na=False, na_values={c: ["", "nan"] for c in header
+                                                           if c not in TEXT_COLUMNS})
     if df.empty:  # no row to infer types from: numbers are floats, as with NaN
         df = df.astype({c: float for c in df.columns if c not in TEXT_COLUMNS})
+    params = table_params(out_dir, name)
+    if params is not None:
+        df.attrs["params"] = params
     return df
+
+
+def table_params(out_dir: str | Path, name: str) -> dict | None:
+    """The parameters ``name`` was made with, or None when none were recorded."""
+    import json
+
+    path = Path(out_dir) / "tables" / f"{name}{PARAMS_SUFFIX}"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def table_mismatches(out_dir: str | Path, name: str, expected: dict) -> list[str]:
+    """How table ``name`` differs from ``expected`` parameters, one phrase per difference
+    (empty when it matches): 'tau 3 (this run: 2)', 'no table', 'no recorded parameters'.
+    A list parameter (``models``) matches when the table holds every expected entry."""
+    if not (Path(out_dir) / "tables" / f"{name}.csv").exists():
+        return ["no table"]
+    made = table_params(out_dir, name)
+    if made is None:
+        return ["no recorded parameters"]
+    out = []
+    for k, want in expected.items():
+        have = made.get(k)
+        if isinstance(want, (list, tuple)):
+            missing = [v for v in want if v not in (have or [])]
+            if missing:
+                out.append(f"{k} without {', '.join(map(str, missing))}")
+        elif _plain_json(have) != _plain_json(want):
+            out.append(f"{k} {have} (this run: {want})")
+    return out
+
+
+def _plain_json(v):
+    import json
+
+    return json.loads(json.dumps(v, default=_plain))
 
 
 def save_figure(fig, out_dir: str | Path, name: str) -> Path:

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..engine.devices import resolve_device
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -74,10 +76,7 @@ class Settings:
         given = {k: _frozen(v) for k, v in overrides.items() if v is not None}
         out = dataclasses.replace(self, **given)
         if out.device == "auto":
-            import torch
-
-            out = dataclasses.replace(out, device="cuda" if torch.cuda.is_available()
-                                      else "cpu")
+            out = dataclasses.replace(out, device=resolve_device(out.device))
         return out
 
     def as_dict(self) -> dict[str, Any]:

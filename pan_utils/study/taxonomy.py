@@ -11,10 +11,11 @@ from ..engine.geometry import SIDES, VERTICAL, side_column
 from ..engine.maps import bn_signs, record_maps
 from ..engine.models import load_model
 from ..engine.padding import ConvSite, discover, padded_convs
-from ..engine.scan import find_pans
+from ..engine.rule import decide_pans
+from ..engine.store import ScanStore
 from ..engine.types import TYPE_ORDER
-from .identification import (MAP_IMAGES, grown, input_size, maps_table, probe_images,
-                             size_label)
+from .identification import (MAP_IMAGES, PRETRAINED, grown, input_size, maps_table,
+                             probe_images, size_label, stored_scores)
 from .settings import Settings
 
 # --------------------------------------------------------------------------- summaries
@@ -192,11 +193,9 @@ def uneven_padding(model_name: str, settings: Settings, pans: pd.DataFrame, *, p
     size = input_size(loaded, settings)
     layers = uneven_layers(loaded.model, (size, grown(size)), model_name)
     at_s = pans[(pans["model"] == model_name) & (pans["weights"] == "pretrained")]
-    loaded.model.to(settings.device)
-    at_s1 = find_pans(loaded.model, probe_images(loaded, settings, grown(size)),
-                      settings.tau, settings.consistency,
-                      batch_size=settings.batch_size, device=settings.device,
-                      progress=progress)
+    _, scores, _ = stored_scores(model_name, loaded, settings, grown(size), PRETRAINED, None,
+                                 store=ScanStore(), progress=progress)
+    at_s1 = decide_pans(scores, tau=settings.tau, consistency=settings.consistency)
     frames = []
     for s, p in ((size_label(size), at_s), (size_label(grown(size)), at_s1)):
         p = p.assign(model=model_name, size=s)
@@ -235,3 +234,124 @@ def type_examples(model_name: str, settings: Settings, pans: pd.DataFrame) -> pd
     rank = {t: i for i, t in enumerate(TYPE_ORDER)}
     return out.sort_values(["type", "row", "col"], key=lambda s: s.map(rank)
                            if s.name == "type" else s, kind="stable", ignore_index=True)
+
+
+# --------------------------------------------------------------------------- chapter entry point,
+# claims and findings (the notebook, the README findings and the tests call these)
+
+
+def models_with_pans(pans: pd.DataFrame, models: list[str] | tuple[str, ...]) -> list[str]:
+    """The models of ``models`` with at least one pre-trained PAN in chapter 1's ``pans``."""
+    pre = pans[pans["weights"] == "pretrained"]
+    return [m for m in models if (pre["model"] == m).any()]
+
+
+def classify_all(settings: Settings, pans: pd.DataFrame, counts: pd.DataFrame
+                 ) -> dict[str, pd.DataFrame]:
+    """Every chapter-2 table from chapter 1's ``pans`` and ``pan_counts``: ``taxonomy``,
+    ``kernel_mass``, ``pan_kernels``, ``uneven_padding_layers``, ``uneven_padding_pans`` and
+    ``type_example_maps`` (the last five for the models with pre-trained PANs)."""
+    with_pans = models_with_pans(pans, settings.models)
+    kernels = [first_layer_kernels(m, settings, pans) for m in with_pans]
+    uneven = [uneven_padding(m, settings, pans) for m in with_pans]
+    cat = lambda frames: pd.concat(frames, ignore_index=True)  # noqa: E731
+    return {"taxonomy": type_counts(pans, counts),
+            "kernel_mass": cat([k[0] for k in kernels]),
+            "pan_kernels": cat([k[1] for k in kernels]),
+            "uneven_padding_layers": cat([u[0] for u in uneven]),
+            "uneven_padding_pans": cat([u[1] for u in uneven]),
+            "type_example_maps": cat([type_examples(m, settings, pans) for m in with_pans])}
+
+
+def type_lines(tax: pd.DataFrame) -> list[str]:
+    """Per model and weights of ``taxonomy``: its PANs by type and by polarity."""
+    lines = []
+    for (m, w), g in tax.groupby(["model", "weights"]):
+        top = g.groupby("type")["pans"].sum().sort_values(ascending=False)
+        pol = g.groupby("polarity")["pans"].sum()
+        lines.append(f"{m} ({w}): {g['pans'].sum():g} PANs; "
+                     + ", ".join(f"{k} {v:g}" for k, v in top.items())
+                     + "; polarity " + ", ".join(f"{k} {v:g}" for k, v in pol.items()))
+    return lines
+
+
+def mass_groups(mass: pd.DataFrame) -> pd.DataFrame:
+    """``kernel_mass`` with a ``group`` column: PAN detecting that side, PAN detecting
+    another side, or non-PAN."""
+    return mass.assign(group=mass["detects_side"].map({True: "PAN, detects side"})
+                       .fillna(mass["pan"].map({True: "PAN, other side", False: "non-PAN"})))
+
+
+def mass_lines(group: pd.DataFrame) -> list[str]:
+    """Per model and layer, the mean pad-row mass of each group against a uniform kernel."""
+    lines = []
+    for (m, lay), g in group.groupby(["model", "layer"]):
+        s = g.groupby("group")["mass"].mean()
+        lines.append(f"{m} {lay}: mean pad-row mass " + ", ".join(
+            f"{k} {v:.3f}" for k, v in s.items()) + f" (uniform {g['uniform'].iloc[0]:.3f})")
+    return lines
+
+
+def uneven_lines(layers: pd.DataFrame, side_pans: pd.DataFrame) -> list[str]:
+    """The strided layers blind to each side at S and S+1, and the PANs per side."""
+    lines = []
+    for (m, size), g in layers[layers["stride_h"] > 1].groupby(["model", "size"]):
+        blind = {s: int((g[side_column("band", s)] == 0).sum()) for s in SIDES}
+        lines.append(f"{m} at {size}: {len(g)} stride-2 padded layers; layers blind to each "
+                     f"side: {blind}")
+    for m, g in side_pans.groupby("model"):
+        w = g.pivot_table(index="side", columns="size", values="pans")
+        s0, s1 = sorted(w.columns)
+        lines.append(f"{m}: PANs per side at {s0} -> {s1}: " + ", ".join(
+            f"{k} {int(w.loc[k, s0])}->{int(w.loc[k, s1])}" for k in w.index))
+    return lines
+
+
+def taxonomy_claims(tax: pd.DataFrame, side_pans: pd.DataFrame) -> dict[str, dict]:
+    """The chapter's claims.json entry: per model, pre-trained PANs by type and polarity,
+    and the PAN total at S and S+1."""
+    claims = {}
+    for m, g in tax[tax["weights"] == "pretrained"].groupby("model"):
+        w = side_pans[side_pans["model"] == m]
+        claims[m] = {"types": {k: int(v) for k, v in g.groupby("type")["pans"].sum().items()},
+                     "polarity": {k: int(v) for k, v in
+                                  g.groupby("polarity")["pans"].sum().items()},
+                     "pans_by_size": {str(k): int(v) for k, v in
+                                      w.groupby("size")["total_pans"].first().items()}}
+    return claims
+
+
+def taxonomy_readme(tax: pd.DataFrame, side_pans: pd.DataFrame, order: list[str]
+                    ) -> list[str]:
+    """The README's chapter-2 findings from ``taxonomy`` and ``uneven_padding_pans``, models
+    in ``order`` (chapter 1's)."""
+    tax = tax[tax["weights"] == "pretrained"]
+    lines = []
+    for m, g in sorted(tax.groupby("model"), key=lambda kv: order.index(kv[0])):
+        by_type = g.groupby("type")["pans"].sum().sort_values(ascending=False)
+        side = by_type.drop("corner only", errors="ignore")
+        single = g[g["type"] == "single side"].set_index("polarity")["pans"]
+        lines.append(f"- {m} (`taxonomy.csv`): {by_type.size} types; commonest with a side: "
+                     f"{side.index[0]} ({side.iloc[0]:g}), of which {single.get('-', 0):g} are "
+                     f"silenced at the border (polarity -); corner only: "
+                     f"{by_type.get('corner only', 0):g}.")
+    for m, g in side_pans.groupby("model", sort=False):
+        w = g.pivot_table(index="side", columns="size", values="pans")
+        s0, s1 = sorted(w.columns)
+        total = g.groupby("size")["total_pans"].first()
+        lines.append(f"- {m} at {s0} → {s1} px (`uneven_padding_pans.csv`): PANs "
+                     f"{total[s0]} → {total[s1]}; bottom {int(w.loc['B', s0])} → "
+                     f"{int(w.loc['B', s1])}, right {int(w.loc['R', s0])} → "
+                     f"{int(w.loc['R', s1])}.")
+    return lines
+
+
+def chapter_pans(pans: pd.DataFrame, models: list[str] | tuple[str, ...]
+                 ) -> tuple[pd.DataFrame, list[str]]:
+    """Chapter 1's ``pans`` of ``models``, and what was read: a line with the count and one
+    per model without pre-trained PANs (skipped by this chapter)."""
+    pans = pans[pans["model"].isin(models)]
+    with_pans = models_with_pans(pans, models)
+    return pans, [f"read {len(pans)} PANs of {pans['model'].nunique()} model(s) from "
+                  "chapter 1"] + [f"{m}: no pre-trained PANs in chapter 1, nothing to "
+                                  "classify: skipped" for m in models if m not in with_pans]
