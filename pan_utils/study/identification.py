@@ -557,10 +557,14 @@ def identification_findings(counts: pd.DataFrame, pans: pd.DataFrame, *, tau: fl
     lines = [f"0. {m}: no padded convolution; trained without padding, it cannot have a PAN "
              "(the no-padding control)." for m in unpadded]
     pre, rnd, raw = pre.drop(unpadded), rnd.drop(unpadded), raw.drop(unpadded, errors="ignore")
+    if pre.empty:  # only no-padding controls: no claim to test
+        return lines + ["1. Existence: no pre-trained model here has a padded convolution, "
+                        "so no PAN can be found and the claims are not tested."]
     n_with = int((pre["pans"] > 0).sum())
+    verdict = ("agrees" if n_with == len(pre) else "partly agrees" if n_with
+               else f"disagrees: no PAN found at tau={tau:g}")
     lines.append(f"1. Existence: {n_with} of {len(pre)} pre-trained models have PANs at "
-                 f"tau={tau:g}, q={consistency:g} with the circular null "
-                 + ("(agrees)." if n_with == len(pre) else "(partly agrees)."))
+                 f"tau={tau:g}, q={consistency:g} with the circular null ({verdict}).")
     lines.append("2. Identifiable through activations: the rule uses only responses to natural "
                  "images; the circular-padded model itself would call "
                  + ", ".join(f"{m}: {r.circular_null_pans:g}" for m, r in pre.iterrows())
