@@ -388,3 +388,12 @@ def test_existence_verdict_when_no_pan_is_found(pans, line):
     lines = I.identification_findings(_pretrained_counts(pans), empty, tau=50, consistency=0.95)
     existence = [ln for ln in lines if ln.startswith("1. Existence")]
     assert len(existence) == 1 and existence[0].endswith(line)
+
+
+def test_chapter_2_tables_of_no_pan_keep_the_columns_of_the_results():
+    from pan_utils.study import taxonomy as T
+    from pan_utils.study.reproduce import REPO_ROOT
+
+    for name, cols in T.PER_MODEL_COLUMNS.items():
+        committed = REPO_ROOT / "results" / "tables" / f"{name}.csv"
+        assert tuple(pd.read_csv(committed, nrows=0).columns) == cols, name
