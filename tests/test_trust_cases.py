@@ -327,17 +327,28 @@ def _stream_text(nb_path: Path) -> str:
     ({"tau": 50}, "(disagrees: no PAN found at tau=50)"),
 ])
 def test_chapter_1_runs_to_the_end_without_a_pan(tmp_path, params, said):
+    """And, at tau = 50, chapters 2 and 3 after it (each says it found no PAN)."""
     from pan_utils.study.reproduce import REPO_ROOT, run_notebook
 
     out = tmp_path / "res"
-    run_notebook(REPO_ROOT / "notebooks" / "01_identification.ipynb", out, "smoke",
-                 extra_params=params, progress=False, failed_dir=tmp_path / "failed")
+    run = lambda nb: run_notebook(REPO_ROOT / "notebooks" / nb, out, "smoke",  # noqa: E731
+                                  extra_params=params, progress=False,
+                                  failed_dir=tmp_path / "failed")
+    run("01_identification.ipynb")
     text = _stream_text(out / "notebooks" / "01_identification.ipynb")
     assert said in text
     counts = read_table(out, "pan_counts")
     assert (counts.loc[counts["weights"] == "pretrained", "pans"] == 0).all()
     assert read_table(out, "pans").empty
     assert (out / "figures" / "pan_example_maps.png").is_file()
+    if "tau" not in params:
+        return
+    run("02_taxonomy.ipynb")
+    assert "mobilenet_v2: no pre-trained PANs in chapter 1, nothing to classify" in _stream_text(
+        out / "notebooks" / "02_taxonomy.ipynb")
+    assert read_table(out, "kernel_mass").empty
+    run("03_ablation.ipynb")
+    assert "mobilenet_v2: 0 PANs." in _stream_text(out / "notebooks" / "03_ablation.ipynb")
 
 
 def test_tables_of_an_unpadded_model_have_the_columns_of_a_scanned_one():
