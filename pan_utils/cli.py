@@ -207,15 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "are cached, so an interrupted census resumes. Writes OUT/census.csv "
                     "(one row per model) and prints a summary.")
     c.add_argument("models", nargs="*", metavar="MODEL",
-                   help="names or glob patterns over the timm and torchvision names "
-                        "('resnet*', 'tv:efficientnet_*'), or a keyword: offline (the "
-                        "wheel-shipped pre-trained models), curated, all, all-pretrained")
+                   help="names, glob patterns or a keyword: offline (the wheel-shipped "
+                        "pre-trained models), curated, all (timm's and torchvision's zoos; a "
+                        "name both have is censused from each, as timm:NAME and tv:NAME), "
+                        "all-pretrained. A plain name means what scan loads (offline, else "
+                        "torchvision, else timm); a plain pattern ('resnet*') searches timm's "
+                        "zoo and the offline names, 'tv:efficientnet_*' torchvision's. "
+                        "Aliases of one net (resnet18 = tv:resnet18) are censused once")
     c.add_argument("--weights", choices=("auto", "pretrained", "none"), default="auto",
                    help="for MODELs: trained weights where they can be had, else random-init "
                         "(auto, default); required (pretrained); or architecture only (none)")
     c.add_argument("--architectures", default=None, metavar="SPEC",
                    help="also an architecture-only census (no weights, built on the meta "
-                        "device): curated, all, or comma-separated names/patterns")
+                        "device): curated, all, or comma-separated names/patterns as for "
+                        "MODEL (the timm tags of one architecture count once)")
     c.add_argument("--n-images", type=_positive_int, default=None, metavar="N",
                    help="bundled probe crops per model with weights (default: "
                         f"{study_profiles['default'].census_images})")
@@ -770,9 +775,11 @@ def cmd_scan(args) -> int:
 
 
 def _report_warnings(caught, probe) -> None:
+    from .engine.probes import ProbeWarning
+
     for w in caught:
         text = " ".join(str(w.message).split())
-        if probe is not None and ("unreadable" in text or text.startswith("upscaled")):
+        if probe is not None and issubclass(w.category, ProbeWarning):
             print(f"warning: {text}", file=sys.stderr)
         elif issubclass(w.category, RuntimeWarning) and w.filename.endswith("scan.py"):
             continue  # numpy noise from layers that are all border: reported in the summary
@@ -852,8 +859,13 @@ def cmd_census(args) -> int:
 
     arch = args.architectures
     arch_spec = arch if arch in ("curated", "all", "none", None) else arch.split(",")
-    jobs = [census.CensusJob(n, args.weights) for n in census.census_names(args.models)]
-    jobs += [census.CensusJob(n, "none") for n in census.census_names(arch_spec)]
+    notes: list[str] = []
+    jobs = [census.CensusJob(n, args.weights)
+            for n in census.census_names(args.models, notes=notes)]
+    jobs += [census.CensusJob(n, "none")
+             for n in census.census_names(arch_spec, architecture=True, notes=notes)]
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     s = study_settings("default", tau=args.tau, consistency=args.consistency, seed=args.seed,
                        census_images=args.n_images, census_baseline_seeds=args.baseline_seeds,
                        image_size=args.image_size, scheduler=args.scheduler,
@@ -955,7 +967,8 @@ def model_listing(pattern: str | None = None) -> list[tuple[str, list[tuple[str,
     """[(source, [(name as scan accepts it, runs offline)], names of the source)] for the
     names matching ``pattern``: offline wheels, torchvision, timm. A timm name that
     torchvision also has is given as 'timm:NAME' (the bare name is torchvision's)."""
-    from .engine.models import OFFLINE_MODELS, timm_names, torchvision_names
+    from .engine.models import OFFLINE_MODELS
+    from .engine.zoo import timm_names, torchvision_names
 
     match = _matcher(pattern)
     cached = _cached_files()

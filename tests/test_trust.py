@@ -277,8 +277,10 @@ def test_a_symlink_loop_in_an_image_folder_lists_each_file_once(tmp_path):
     from pan_utils.engine.probes import ImageFolderProbe
 
     (tmp_path / "a").mkdir()
+    rng = np.random.default_rng(0)  # distinct images with content (flat ones are refused)
     for i in range(8):
-        Image.fromarray(np.full((20, 20, 3), i * 20, np.uint8)).save(tmp_path / "a" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
+            tmp_path / "a" / f"{i}.png")
     (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)
     probe = ImageFolderProbe(tmp_path, 16)
     assert len(probe) == 8

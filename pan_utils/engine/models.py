@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.util
 import os
 import shutil
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -273,6 +273,9 @@ def _torchvision(name: str, pretrained: bool) -> LoadedModel:
             weights = torchvision.models.get_weight("MobileNet_V2_Weights.IMAGENET1K_V1")
         else:
             weights = torchvision.models.get_model_weights(name).DEFAULT
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+            if not cached.is_file():
+                require_network(f"tv:{name}", weights.url)
     model = torchvision.models.get_model(name, weights=weights)
     prep = Preprocessing(class_names=_imagenet_class_names())
     if weights is not None:
@@ -283,63 +286,91 @@ def _torchvision(name: str, pretrained: bool) -> LoadedModel:
     return LoadedModel(model.eval(), prep)
 
 
+# --------------------------------------------------------------------------- downloads
+
+NETWORK_TIMEOUT = 2.0  # seconds: how long the reachability check waits for a weights host
+
+
+@lru_cache(maxsize=8)
+def host_reachable(host: str, port: int = 443, timeout: float = NETWORK_TIMEOUT) -> bool:
+    """Whether a TCP connection to ``host`` opens within ``timeout`` (name lookup included,
+    which has no timeout of its own: it runs in a thread). Checked once per process, so
+    that a machine without network fails at once instead of after the libraries' retries."""
+    import socket
+    import threading
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    result: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def require_network(name: str, url: str) -> None:
+    """Raise ``ModelError`` at once when the weights of ``name`` must be downloaded from
+    ``url`` and its host cannot be reached (or HF_HUB_OFFLINE is set)."""
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname or url
+    if not host_reachable(host):
+        raise ModelError(f"no pre-trained weights for {name} on this machine: they are not "
+                         f"in the cache and {host} cannot be reached (offline?); pass a "
+                         "state-dict file (scan --weights FILE) or use random weights "
+                         "(scan --random-init)")
+
+
+def timm_weights_source(name: str) -> dict | None:
+    """Where timm's pretrained weights of ``name`` come from, checked before timm tries:
+    a file already in the Hugging Face cache is loaded from there (a pretrained-cfg overlay,
+    no network needed); else the hub must be reachable (``require_network``). Returns the
+    overlay for ``timm.create_model`` (None: let timm download)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise ModelError(f"timm has no pre-trained weights for {name}; pass a state-dict "
+                         "file (scan --weights FILE) or use random weights (scan --random-init)")
+    if cfg.file:
+        return None
+    if cfg.hf_hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - timm installs it
+            try_to_load_from_cache = None
+        files = [f for f in (cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin")
+                 if f]
+        for f in files if try_to_load_from_cache else ():
+            hit = try_to_load_from_cache(cfg.hf_hub_id, f)
+            if isinstance(hit, str) and Path(hit).is_file():
+                return {"file": hit, "source": "", "hf_hub_id": None}
+        require_network(name, "https://huggingface.co/" + cfg.hf_hub_id)
+        return None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
+    if not cached.is_file():
+        require_network(name, cfg.url)
+    return None
+
+
 def _timm(name: str, pretrained: bool) -> LoadedModel:
     import timm
 
-    model = timm.create_model(name, pretrained=pretrained)
+    overlay = timm_weights_source(name) if pretrained else None
+    model = timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay)
     cfg = timm.data.resolve_data_config({}, model=model)
     size = tuple(int(v) for v in cfg["input_size"][-2:])
     prep = Preprocessing(tuple(cfg["mean"]), tuple(cfg["std"]), size,
                          _imagenet_class_names() if model.num_classes == 1000 else [])
     return LoadedModel(model.eval(), prep)
-
-
-def torchvision_names() -> list[str]:
-    import torchvision
-
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-def timm_names() -> list[str]:
-    import timm
-
-    return sorted(timm.list_models())
-
-
-def list_models() -> dict[str, list[str]]:
-    """Names ``load_model`` understands, by source: to pick a model or check a spelling
-    (offline: the wheel-shipped pre-trained ones, see ``OFFLINE`` for their family, task
-    and wheel).
-
-    Returns:
-        {"offline": [...], "torchvision": [...], "timm": [...]}.
-
-    Example:
-        >>> list_models()["offline"][:2]
-        ['mobilenet_v2', 'efficientnet_lite0']
-    """
-    return {"offline": list(OFFLINE_MODELS), "torchvision": torchvision_names(),
-            "timm": timm_names()}
-
-
-def resolve_source(name: str) -> tuple[str, str]:
-    """(source, bare name). Prefixes 'tv:'/'torchvision:' and 'timm:' force a source."""
-    for prefix, source in (("torchvision:", "torchvision"), ("tv:", "torchvision"),
-                           ("timm:", "timm"), ("timm/", "timm")):
-        if name.startswith(prefix):
-            return source, name[len(prefix):]
-    if name in OFFLINE_MODELS:
-        return "offline", name
-    if name in torchvision_names():
-        return "torchvision", name
-    import timm
-
-    if timm.is_model(name) or (("." in name) and timm.is_model(name.split(".")[0])):
-        return "timm", name
-    names = list(dict.fromkeys(list(OFFLINE_MODELS) + torchvision_names() + timm_names()))
-    close = difflib.get_close_matches(name, names, n=6, cutoff=0.6)
-    hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise ModelError(f"unknown model {name!r}{hint} (python -m pan_utils models lists all)")
 
 
 # source -> loader(bare name, pretrained); offline names resolve through OFFLINE.
@@ -368,12 +399,28 @@ def load_model(name: str, pretrained: bool = True, weights: str | os.PathLike | 
         >>> model, prep = load_model("mobilenet_v2")
         >>> x = bundled_images(32, prep.input_size, mean=prep.mean, std=prep.std)
     """
+    from .zoo import resolve_source
+
     source, bare = resolve_source(name)
     load_pretrained = pretrained and weights is None
     loaded = SOURCES[source](bare, load_pretrained)
     if weights is not None:
         load_weights_file(loaded.model, weights)
     return loaded
+
+
+def _unreadable_weights(path: Path, exc: BaseException) -> str:
+    """One line for a weights file torch.load refused: a pickle that would run code (a whole
+    model, or objects of other classes) says how to save a plain state dict instead."""
+    import pickle
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+        return (f"weights file {path} is not a plain state dict (loading it would run code, "
+                "which is refused); save one with torch.save(model.state_dict(), "
+                f"'{path.name}')")
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return f"cannot read weights file {path}: {first[:200]}"
 
 
 def load_weights_file(model: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -397,7 +444,7 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"cannot read weights file {path}: {exc}") from None
+        raise ModelError(_unreadable_weights(path, exc)) from None
     if isinstance(state, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in state and isinstance(state[key], dict):
@@ -413,3 +460,15 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ModelError(f"weights file {path.name} does not match the architecture: {detail}"
                          ) from None
     return model.eval()
+
+
+_ZOO_NAMES = ("resolve_source", "timm_names", "torchvision_names", "list_models")
+
+
+def __getattr__(name: str):
+    """The zoo's names, kept importable from here (their home is ``engine.zoo``)."""
+    if name in _ZOO_NAMES:
+        from . import zoo
+
+        return getattr(zoo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

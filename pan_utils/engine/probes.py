@@ -44,6 +44,11 @@ class ProbeError(ValueError):
     """
 
 
+class ProbeWarning(UserWarning):
+    """A probe set that is legal but suspect (unreadable or upscaled files, near-duplicate or
+    constant images): the scan runs, and the warning says how many images it concerns."""
+
+
 _HIGH_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
 
 
@@ -312,13 +317,13 @@ class ImageFiles(torch.utils.data.Dataset):
     def load(self, i: int):
         """File ``i`` as an 8-bit RGB PIL image, or None when it cannot be read or is
         oversized (PIL's decompression-bomb limit: skipped, not decoded)."""
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, ImageOps, UnidentifiedImageError
 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(self.files[i]) as im:
-                    return to_rgb(im)
+                    return to_rgb(ImageOps.exif_transpose(im))  # phone photos upright
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
                 Image.DecompressionBombError, Image.DecompressionBombWarning):
             return None
@@ -396,7 +401,11 @@ class ImageFolderProbe:
         return self.batches()
 
     def batches(self, batch_size: int = 32) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised (images, labels) batches; after the last, unreadable and upscaled files
+        and near-duplicate images are reported (``ProbeWarning``), and a set whose images
+        are all constant is refused (``ProbeError``): see ``check_probe_set``."""
         self.skipped, self.upscaled = [], []
+        thumbs: list[torch.Tensor] = []
         data = self.data.subset(self.files)  # files may have been narrowed after init
         out_h, out_w = pair(self.size)
         xs, ys = [], []
@@ -409,6 +418,7 @@ class ImageFolderProbe:
                 self.upscaled.append(data.files[i])
             xs.append(data.transform(img))
             ys.append(data.labels[i])
+            thumbs.append(thumbnail(xs[-1]))
             if len(xs) == batch_size:
                 yield self._normalize(xs), torch.tensor(ys)
                 xs, ys = [], []
@@ -420,15 +430,83 @@ class ImageFolderProbe:
                                  "could be read")
             warnings.warn(f"skipped {len(self.skipped)} unreadable image(s) of "
                           f"{len(self.files)} in {self.root} (corrupt, not an image, or "
-                          f"oversized), e.g. {self.skipped[0].name}", stacklevel=2)
+                          f"oversized), e.g. {self.skipped[0].name}", ProbeWarning,
+                          stacklevel=2)
         if self.upscaled:
             warnings.warn(f"upscaled {len(self.upscaled)} image(s) of {len(self.files)} in "
                           f"{self.root} smaller than {out_h}x{out_w}, e.g. "
-                          f"{self.upscaled[0].name}", stacklevel=2)
+                          f"{self.upscaled[0].name}", ProbeWarning, stacklevel=2)
+        if thumbs:
+            check_probe_set(torch.stack(thumbs), str(self.root))
 
 
     def _normalize(self, xs: list[torch.Tensor]) -> torch.Tensor:
         return normalize(to_channels(torch.stack(xs), self.channels), self.mean, self.std)
+
+
+# --------------------------------------------------------------------------- probe sets
+
+THUMBNAIL = 16  # px: the side of the grey thumbnails that probe sets are compared on
+CONSTANT_STD = 1e-3  # an image whose pixels vary less than this (on [0, 1]) is one colour
+DUPLICATE_DIFF = 0.01  # mean absolute thumbnail difference (on [0, 1]) of near-duplicates
+MAX_COMPARED = 4096  # pairwise comparison over at most this many images (evenly spaced)
+
+
+def thumbnail(x: torch.Tensor) -> torch.Tensor:
+    """A C×H×W image on [0, 1] as a THUMBNAIL² grey vector, and its pixel std (last entry):
+    what ``check_probe_set`` compares."""
+    grey = x.float().mean(0, keepdim=True)[None]
+    small = F.adaptive_avg_pool2d(grey, THUMBNAIL).flatten()
+    return torch.cat([small, grey.std().reshape(1)])
+
+
+def probe_set_issues(thumbs: torch.Tensor) -> dict[str, int]:
+    """Counts of what makes a probe set suspect, from ``thumbnail`` rows: images, constant
+    ones (a single colour), near-duplicates (mean absolute thumbnail difference below
+    ``DUPLICATE_DIFF`` from an earlier image), distinct ones, and how many were compared."""
+    n = thumbs.shape[0]
+    constant = int((thumbs[:, -1] < CONSTANT_STD).sum())
+    idx = torch.linspace(0, n - 1, min(n, MAX_COMPARED)).round().long().unique()
+    v = thumbs[idx, :-1].double()
+    dup = torch.zeros(len(v), dtype=torch.bool)
+    for start in range(0, len(v), 512):
+        d = torch.cdist(v[start:start + 512], v, p=1) / v.shape[1]  # (b, m) mean |diff|
+        earlier = torch.arange(len(v))[None, :] < torch.arange(start, start + d.shape[0])[:, None]
+        dup[start:start + d.shape[0]] = ((d < DUPLICATE_DIFF) & earlier).any(1)
+    return {"images": n, "compared": len(v), "constant": constant,
+            "duplicates": int(dup.sum()), "distinct": len(v) - int(dup.sum())}
+
+
+def check_probe_set(thumbs: torch.Tensor, where: str = "the probe set") -> dict[str, int]:
+    """Refuse a probe set whose images are all constant (no content: every border contrast
+    would be the padding's; unreadable float data reads as black), and warn, with counts,
+    when some images are constant or near-duplicates of others (repeated images make a
+    side's sign look consistent, so the PAN count comes out too high; docs/METHOD.md §1.3).
+
+    Args:
+        thumbs: one ``thumbnail`` row per image.
+        where: named in the messages (the folder).
+
+    Returns:
+        ``probe_set_issues`` of the set.
+    """
+    issues = probe_set_issues(thumbs)
+    n = issues["images"]
+    if issues["constant"] == n:
+        raise ProbeError(f"all {n} images in {where} are constant (one colour each: blank, "
+                         "or data PIL reads as black, such as NaN floats); a probe set needs "
+                         "image content")
+    if issues["constant"]:
+        warnings.warn(f"{issues['constant']} of {n} images in {where} are constant (one "
+                      "colour): they carry no content", ProbeWarning, stacklevel=3)
+    if issues["duplicates"]:
+        of = (f"of {n}" if issues["compared"] == n
+              else f"of {issues['compared']} compared (evenly spaced, of {n})")
+        warnings.warn(f"{issues['duplicates']} images {of} in {where} are near-duplicates of "
+                      f"another (mean thumbnail difference below {DUPLICATE_DIFF:g}): only "
+                      f"{issues['distinct']} distinct; repeated images inflate the PAN count",
+                      ProbeWarning, stacklevel=3)
+    return issues
 
 
 def iter_batches(images, batch_size: int = 32, *, labels: bool = False) -> Iterator:

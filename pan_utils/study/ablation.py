@@ -255,7 +255,11 @@ def dose_summary(dose: pd.DataFrame) -> pd.DataFrame:
     control's mean and sd over draws, and the gap (control agreement minus PANs'
     agreement: positive when removing PANs changes more predictions than removing as
     many random channels of the same layers)."""
-    d = dose[dose["condition"] != "intact"].copy()
+    cols = ["model", "k", "how", "agreement_pans", "agreement_random", "agreement_sd_random",
+            "kl_pans", "kl_random", "kl_sd_random", "draws_random", "gap", "gap_in_sd"]
+    d = dose[dose["condition"] != "intact"].copy() if "condition" in dose else dose.iloc[:0]
+    if d.empty:  # no PAN, so no dose: the table's columns, no row
+        return pd.DataFrame(columns=cols)
     d["how"] = d["condition"].str.split("_").str[1]
     d["what"] = d["condition"].str.split("_").str[0]
     g = d.groupby(["model", "k", "how", "what"])
@@ -268,8 +272,6 @@ def dose_summary(dose: pd.DataFrame) -> pd.DataFrame:
     out["gap"] = out["agreement_random"] - out["agreement_pans"]
     out["gap_in_sd"] = out["gap"] / out["agreement_sd_random"].where(
         out["agreement_sd_random"] > 0)
-    cols = ["model", "k", "how", "agreement_pans", "agreement_random", "agreement_sd_random",
-            "kl_pans", "kl_random", "kl_sd_random", "draws_random", "gap", "gap_in_sd"]
     return out[cols].sort_values(["model", "how", "k"], ignore_index=True)
 
 

@@ -9,11 +9,11 @@ keeps each finished row in a per-model cache, and returns the table.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import hashlib
 import json
 import os
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -28,8 +28,9 @@ from torch import nn
 
 from ..engine.geometry import SIDES, pair
 from ..engine.io import atomic_write
-from ..engine.models import (OFFLINE, OFFLINE_MODELS, LoadedModel, ModelError, Preprocessing,
-                             load_model, resolve_source, timm_names, torchvision_names)
+from ..engine.models import OFFLINE, LoadedModel, ModelError, Preprocessing, load_model
+from ..engine.zoo import (architecture_key, build_architecture, model_family, model_names,
+                          resolve_source)
 from ..engine.padding import ConvSite, discover, is_tf_same
 from ..engine.progress import progress_bar
 from ..engine.scan import find_pans
@@ -42,7 +43,7 @@ from .settings import Settings
 
 # One architecture per family (timm module or torchvision module), the smallest usual
 # variant, plus the TF-ported twins whose padding differs (TF-SAME). Names that timm and
-# torchvision share are given to timm; 'tv:' forces torchvision.
+# torchvision share carry their zoo's prefix ('timm:', 'tv:'), as in zoo.canonical_name.
 CURATED_ARCHITECTURES = (
     # timm
     "timm:resnet18", "resnetv2_50", "regnety_002", "timm:efficientnet_b0", "tf_efficientnet_b0",
@@ -102,120 +103,33 @@ class CensusJob:
 # --------------------------------------------------------------------------- names
 
 
-def census_names(spec: str | Sequence[str] | None) -> list[str]:
-    """Model names from a census spec.
+def census_names(spec: str | Sequence[str] | None, *, architecture: bool = False,
+                 notes: list[str] | None = None) -> list[str]:
+    """Model names from a census spec, each net once (``zoo.model_names``).
 
     Args:
         spec: 'offline' (the wheel-shipped pre-trained models), 'curated'
             (``CURATED_ARCHITECTURES``), 'all' (every timm architecture and every
-            torchvision classifier, as 'tv:NAME'), 'all-pretrained' (every timm
-            pre-trained tag, the torchvision classifiers and the offline models), 'none',
-            or names and glob patterns ('resnet*', 'tv:efficientnet_*').
+            torchvision classifier; a name both zoos have is taken from each, as
+            'timm:NAME' and 'tv:NAME'), 'all-pretrained' (every timm pre-trained tag, the
+            torchvision classifiers and the offline models), 'none', or names and glob
+            patterns. A plain name means what ``load_model`` loads (offline, then
+            torchvision, then timm); a plain pattern ('resnet*') searches timm's zoo and
+            the offline names, 'tv:PAT' torchvision's (docs/METHOD.md §10.1).
+        architecture: the names are architectures: spellings of one architecture (timm
+            tags, aliases) count once.
+        notes: receives a line per batch of names dropped as aliases.
 
     Returns:
-        The names, in order, without duplicates; a pattern that matches nothing or an
-        unknown name raises ``ModelError``.
+        The names, in order, each net once; a pattern that matches nothing or an unknown
+        name raises ``ModelError``.
 
     Example:
         >>> census_names(["tf_efficientnet_b[0-1]"])
         ['tf_efficientnet_b0', 'tf_efficientnet_b1']
     """
-    import timm
-
-    if spec is None:
-        return []
-    if isinstance(spec, str):
-        spec = [spec]
-    out: list[str] = []
-    for item in spec:
-        if item == "none":
-            continue
-        if item in ("offline", "curated", "all", "all-pretrained"):
-            tv = [f"tv:{n}" for n in torchvision_names()]
-            out += {"offline": lambda: list(OFFLINE_MODELS),
-                    "curated": lambda: list(CURATED_ARCHITECTURES),
-                    "all": lambda: timm_names() + tv,
-                    "all-pretrained": lambda: list(OFFLINE_MODELS)
-                    + timm.list_models(pretrained=True) + tv}[item]()
-        elif any(ch in item for ch in "*?["):
-            if item.startswith(("tv:", "torchvision:")):
-                pat = item.split(":", 1)[1]
-                hits = [f"tv:{n}" for n in fnmatch.filter(torchvision_names(), pat)]
-            else:
-                pat = item.split(":", 1)[1] if item.startswith("timm:") else item
-                hits = fnmatch.filter(list(OFFLINE_MODELS), pat) + fnmatch.filter(
-                    timm_names(), pat)
-            if not hits:
-                raise ModelError(f"no model name matches {item!r} "
-                                 "(python -m pan_utils models lists them)")
-            out += hits
-        else:
-            resolve_source(item)  # an unknown name fails here, with close matches
-            out.append(item)
-    return list(dict.fromkeys(out))
-
-
-@functools.lru_cache(maxsize=1)
-def _timm_modules() -> dict[str, str]:
-    import timm
-
-    return {m: mod for mod in timm.list_modules() for m in timm.list_models(module=mod)}
-
-
-def model_family(name: str) -> tuple[str, str]:
-    """(source, family) of a model name: the family is the timm or torchvision module that
-    defines it (``resnet``, ``efficientnet``, ...), or the offline model's family."""
-    source, bare = resolve_source(name)
-    if source == "offline":
-        return source, OFFLINE[bare].family
-    if source == "torchvision":
-        import torchvision
-
-        builder = torchvision.models.get_model_builder(bare)
-        return source, builder.__module__.rsplit(".", 1)[-1]
-    return source, _timm_modules().get(bare.split(".")[0], "")
-
-
-def _torchvision_size(bare: str) -> tuple[int, int]:
-    """The evaluation crop of torchvision's default weights (metadata only, no download)."""
-    import torchvision
-
-    try:
-        crop = torchvision.models.get_model_weights(bare).DEFAULT.transforms().crop_size
-        return pair(crop[0] if len(crop) == 1 else tuple(crop))
-    except Exception:  # noqa: BLE001 - a model without weight metadata: ImageNet's 224
-        return (224, 224)
-
-
-def build_architecture(name: str, device: str | torch.device = "meta"
-                       ) -> tuple[nn.Module, tuple[int, int]]:
-    """The random-init architecture of ``name`` on ``device`` and its default input size.
-
-    On the meta device no weight is allocated: building and discovering a 300M-parameter
-    model costs a fraction of a second and no memory.
-
-    Returns:
-        (model in eval mode, (H, W)).
-
-    Example:
-        >>> model, size = build_architecture("tf_efficientnet_b0")
-        >>> padded_convs(model, size)["padding_kind"].unique()
-    """
-    source, bare = resolve_source(name)
-    with torch.device(device):
-        if source == "offline":
-            spec = OFFLINE[bare]
-            model, size = spec.build(), spec.preprocessing().input_size
-        elif source == "torchvision":
-            import torchvision
-
-            model, size = torchvision.models.get_model(bare, weights=None), _torchvision_size(bare)
-        else:
-            import timm
-
-            model = timm.create_model(bare, pretrained=False)
-            size = model.pretrained_cfg.get("input_size", (3, 224, 224))[-2:]
-    return model.eval(), pair(tuple(size))
+    return model_names(spec, architecture=architecture,
+                       keywords={"curated": CURATED_ARCHITECTURES}, notes=notes)
 
 
 # --------------------------------------------------------------------------- padding
@@ -462,11 +376,54 @@ def _cache_file(cache_dir: Path, job: CensusJob, key: str) -> Path:
     return cache_dir / f"{safe}-{key[:16]}.json"
 
 
-def _read_cached(path: Path) -> dict | None:
+# The fields every cached row has, and those of a row that ran (its padding profile).
+_ROW_FIELDS = ("model", "status", "stage", "error")
+_OK_FIELDS = ("source", "family", "weights", "convs", "cnn", "padded_convs", "padding_kind",
+              "blind_convs", "blind_sides", "candidate_channels")
+_JOB_WEIGHTS = {"none": (ARCHITECTURE,), "pretrained": (PRETRAINED,),
+                "auto": (PRETRAINED, RANDOM)}
+
+
+def cached_row_problem(row: Any, job: CensusJob) -> str:
+    """Why ``row`` is not a census row of ``job`` ('' when it is): a dict whose ``model``
+    is the job's name, with a known status and, for a model that ran, its padding profile,
+    a weights label the job can give and, with trained weights, a PAN count."""
+    if not isinstance(row, dict):
+        return f"not a row but {type(row).__name__}"
+    missing = [f for f in _ROW_FIELDS if f not in row]
+    if missing:
+        return f"no {', '.join(missing)} field"
+    if row["model"] != job.name:
+        return f"the row of {row['model']!r}, not of {job.name!r}"
+    if row["status"] not in (STATUS_OK, STATUS_ERROR):
+        return f"unknown status {row['status']!r}"
+    if row["status"] == STATUS_ERROR:
+        return ""
+    missing = [f for f in _OK_FIELDS if f not in row]
+    if missing:
+        return f"no {', '.join(missing)} field"
+    if row["weights"] not in _JOB_WEIGHTS[job.weights]:
+        return f"weights {row['weights']!r} where the job asks for {job.weights!r}"
+    if row["weights"] == PRETRAINED and not isinstance(row.get("pans"), int):
+        return "no PAN count"
+    return ""
+
+
+def _read_cached(path: Path, job: CensusJob, invalid: list[str] | None = None) -> dict | None:
+    """The cached row of ``job`` at ``path``, or None: absent, cut short by a crash, or not
+    a row of this job (counted in ``invalid``): the model runs again."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # absent, or cut short by a crash: run the model again
+        row = json.loads(path.read_text())
+    except OSError:
+        return None
+    except ValueError:
+        row = path  # not JSON: cut short by a crash, or edited
+    problem = "not JSON" if row is path else cached_row_problem(row, job)
+    if problem:
+        if invalid is not None:
+            invalid.append(f"{path.name} ({problem})")
+        return None
+    return row
 
 
 def _write_cached(path: Path, row: dict) -> None:
@@ -550,15 +507,21 @@ def run_census(jobs: Sequence[CensusJob | str], settings: Settings, *, client=No
     cache = Path(cache_dir) if cache_dir is not None else None
     rows: dict[int, dict] = {}
     paths: dict[int, Path] = {}
+    invalid: list[str] = []
     for i, job in enumerate(jobs):
         if cache is None or job.model is not None:
             continue
         paths[i] = _cache_file(cache, job, cache_key(job, settings, code))
-        hit = _read_cached(paths[i])
+        hit = _read_cached(paths[i], job, invalid)
         if hit is not None and not (retry_failed and hit.get("status") == STATUS_ERROR):
             rows[i] = hit
+    if invalid:
+        print(f"warning: {len(invalid)} census cache entr{'y is' if len(invalid) == 1 else 'ies are'}"
+              f" not a row of their model and will run again: {', '.join(invalid[:3])}"
+              + (", ..." if len(invalid) > 3 else ""), file=sys.stderr)
     todo = [i for i in range(len(jobs)) if i not in rows]
-    timings: dict[str, Any] = {"models": len(jobs), "cached": len(rows), "run": len(todo)}
+    timings: dict[str, Any] = {"models": len(jobs), "cached": len(rows), "run": len(todo),
+                               **({"invalid_cache": len(invalid)} if invalid else {})}
     print(f"census: {len(jobs)} model(s), {len(rows)} from the cache, {len(todo)} to run")
     if todo:
         start = time.perf_counter()
@@ -603,9 +566,10 @@ def run_census(jobs: Sequence[CensusJob | str], settings: Settings, *, client=No
 
 def architecture_rows(table: pd.DataFrame) -> pd.DataFrame:
     """The rows the architecture fractions count: models that ran and are CNNs (some conv
-    with a kernel larger than its stride; a ViT's patch embedding is not)."""
+    with a kernel larger than its stride; a ViT's patch embedding is not), each architecture
+    once (``zoo.architecture_key``: timm tags and aliases are one architecture)."""
     ok = table[(table["status"] == STATUS_OK) & table["cnn"].fillna(False).astype(bool)]
-    return ok.drop_duplicates("model")
+    return ok[~ok["model"].map(architecture_key).duplicated()]  # each architecture once
 
 
 def padding_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -658,7 +622,8 @@ def census_jobs(settings: Settings) -> list[CensusJob]:
     """The profile's census: its models with trained weights, then its architectures
     without weights."""
     return ([CensusJob(m, PRETRAINED) for m in census_names(settings.census_models)]
-            + [CensusJob(m, "none") for m in census_names(settings.census_architectures)])
+            + [CensusJob(m, "none")
+               for m in census_names(settings.census_architectures, architecture=True)])
 
 
 def jobs_line(jobs: Sequence[CensusJob]) -> str:

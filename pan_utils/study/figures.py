@@ -7,6 +7,7 @@ No backend is chosen here: Jupyter's inline backend shows the figures in the not
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 
 import matplotlib.pyplot as plt
@@ -39,6 +40,25 @@ def _model_order(df: pd.DataFrame, models=None) -> list[str]:
     return [m for m in models if m in present] if models else present
 
 
+def nothing_to_draw(what: str) -> plt.Figure:
+    """A small figure that says why there is nothing to draw (no PAN found, say), so that a
+    chapter without data still writes every figure and runs to its end."""
+    fig, ax = plt.subplots(figsize=(4.5, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, what, ha="center", va="center", fontsize=10, wrap=True)
+    return fig
+
+
+def _or_nothing(what: str):
+    """A figure function that draws ``nothing_to_draw(what)`` when its table has no row."""
+    def wrap(draw):
+        @functools.wraps(draw)
+        def drawn(table: pd.DataFrame, *args, **kwargs) -> plt.Figure:
+            return nothing_to_draw(what) if table.empty else draw(table, *args, **kwargs)
+        return drawn
+    return wrap
+
+
 def _tau_line(ax, tau: float | None, vertical: bool = True) -> None:
     if tau is None:
         return
@@ -59,6 +79,8 @@ def sensitivity_curve(sens: pd.DataFrame, tau: float | None = None, models=None
     # A model without a padded convolution has a flat zero curve: the notebook says so in
     # words, and the figure keeps its panels for the models that can have PANs.
     sens = sens[sens.groupby("model")["pans"].transform("max") > 0]
+    if sens.empty:
+        return nothing_to_draw("no PAN at any tau: nothing to draw")
     null = sens["condition"] == "circular null"
     df = sens[~null | (sens["weights"] == "pretrained")]
     df = df.assign(series=np.where(df["condition"] == "circular null",
@@ -81,6 +103,7 @@ def sensitivity_curve(sens: pd.DataFrame, tau: float | None = None, models=None
     return g.figure
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def pans_per_layer(layers: pd.DataFrame, models=None) -> plt.Figure:
     """Fraction of each candidate layer's channels that are PANs, against relative depth
     (the random-init baseline: mean ± sd over init seeds)."""
@@ -94,6 +117,7 @@ def pans_per_layer(layers: pd.DataFrame, models=None) -> plt.Figure:
     return g.figure
 
 
+@_or_nothing("no candidate channel: nothing to draw")
 def d_distribution(channel_scores: pd.DataFrame, tau: float | None = None, models=None
                    ) -> plt.Figure:
     """Complementary ECDF of each channel's max |d| over sides, per condition and model."""
@@ -126,6 +150,8 @@ def map_grid(maps: pd.DataFrame, title: str = "{kind} c{channel} {sides}",
     row per value of ``row``, all maps of a row on one colour scale with its colorbar
     (so a weak channel looks weak beside a strong one). Activation maps are centred on
     their median (``centre``); kernels are shown around 0."""
+    if maps.empty:
+        return nothing_to_draw("no PAN found: no maps to draw")
     key_cols = [c for c in maps.columns if c not in ("row", "col", "value")]
     groups = list(maps.groupby(key_cols, sort=False, dropna=False))
     rows = list(dict.fromkeys(k[key_cols.index(row)] for k, _ in groups))
@@ -160,6 +186,7 @@ def map_grid(maps: pd.DataFrame, title: str = "{kind} c{channel} {sides}",
 # --------------------------------------------------------------------------- 02 taxonomy
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def type_bars(taxonomy: pd.DataFrame, models=None) -> plt.Figure:
     """PANs per type and polarity, per model (columns) and weights (rows), on one scale."""
     order = [t for t in TYPE_ORDER if t in set(taxonomy["type"])]
@@ -183,6 +210,7 @@ def kernel_grid(kernels: pd.DataFrame, title: str = "{kind} c{channel}") -> plt.
 GROUPS = ("non-PAN", "PAN, other side", "PAN, detects side")
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def kernel_mass(mass: pd.DataFrame, models=None) -> plt.Figure:
     """Weight mass on the kernel rows (T, B) or columns (L, R) that read the pad: channels
     detecting that side vs the others, with the number of channels under each box."""
@@ -209,6 +237,7 @@ def kernel_mass(mass: pd.DataFrame, models=None) -> plt.Figure:
     return g.figure
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def uneven_sides(side_pans: pd.DataFrame, models=None) -> plt.Figure:
     """PANs per detected side at input size S and S+1, per model."""
     df = side_pans.assign(size=side_pans["size"].astype(str) + " px")
@@ -220,6 +249,7 @@ def uneven_sides(side_pans: pd.DataFrame, models=None) -> plt.Figure:
     return g.figure
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def uneven_bands(layers: pd.DataFrame, models=None) -> plt.Figure:
     """Layer × side heatmap of band widths (output rows/columns that read the pad) of the
     strided padded layers at each input size; 0 marks a side the layer cannot see."""
@@ -345,6 +375,7 @@ def _n_images_note(df: pd.DataFrame, what: str) -> str:
     return f"n = {' / '.join(map(str, n))} {what}" if n else ""
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def ablation_effects(ablation: pd.DataFrame) -> plt.Figure:
     """Top-1 agreement with the intact model and KL(intact || condition) per condition
     (readable names) and model: bars are means over draws, whiskers the sd of the random
@@ -370,6 +401,7 @@ def ablation_effects(ablation: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def dose_response(summary: pd.DataFrame, models=None) -> plt.Figure:
     """Top-1 agreement and KL against k, the number of ablated channels (log scale): the
     top-k PANs by score (line) against k random channels of the same layers (mean, the
@@ -402,6 +434,7 @@ def dose_response(summary: pd.DataFrame, models=None) -> plt.Figure:
     return fig
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def placement_agreement(placement: pd.DataFrame) -> plt.Figure:
     """Agreement with the intact model when the (shrunk) evidence sits at the centre of
     a grey canvas or in a corner, per condition and model (mean ± sd over draws)."""
@@ -429,6 +462,7 @@ def placement_agreement(placement: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@_or_nothing("no PAN found: nothing to draw")
 def class_biases(biases: pd.DataFrame, conditions=("pans_mean", "padding_reflect",
                                                    "padding_circular"),
                  n_images: int | dict | None = None) -> plt.Figure:

@@ -32,6 +32,9 @@ TAUS = tuple(float(t) for t in range(1, 11))
 
 
 NO_PADDING = "trained without padding, it cannot have a PAN"
+# count_uncertainty's columns beside the count (pan_counts of a scanned model)
+UNCERTAINTY_COLUMNS = ("pans_boot_mean", "pans_ci_low", "pans_ci_high", "ci_level", "n_boot",
+                       "half_a_pans", "half_b_pans", "both_halves", "jaccard")
 
 
 def input_size(loaded: LoadedModel, settings: Settings) -> int | tuple[int, int]:
@@ -355,12 +358,28 @@ def unpadded_tables(model_name: str, settings: Settings, size: int | tuple[int, 
     by_seed = pd.DataFrame(by_seed).astype({"init_seed": "Int64"})
     empty = pd.DataFrame({"model": pd.Series(dtype=str), "weights": pd.Series(dtype=str),
                           "init_seed": pd.Series(dtype="Int64")})
+    # no interval nor split-half stability without a scan: the columns, undefined (NaN)
+    undefined = empty.drop(columns="init_seed").assign(
+        **{c: pd.Series(dtype=float) for c in UNCERTAINTY_COLUMNS})
     return {"pan_counts_by_seed": by_seed,
-            "pan_counts": _summary(by_seed, empty.drop(columns="init_seed")),
-            "pans": empty.copy(), "pan_sensitivity": pd.DataFrame(sens).astype(
-                {"init_seed": "Int64"}),
-            "pan_layers": empty.copy(),
-            "channel_scores": empty.assign(condition=pd.Series(dtype=str))}
+            "pan_counts": _summary(by_seed, undefined),
+            "pans": _no_rows(empty, PAN_COLUMNS),
+            "pan_sensitivity": pd.DataFrame(sens).astype({"init_seed": "Int64"}),
+            "pan_layers": _no_rows(empty, LAYER_COLUMNS),
+            "channel_scores": _no_rows(empty.assign(condition=pd.Series(dtype=str)),
+                                       CHANNEL_COLUMNS)}
+
+
+# The columns of identify's tables after model, weights, init_seed (and condition), so that
+# a model without padded convolution gives tables of the same shape, with no row.
+PAN_COLUMNS = ("layer", "order", "depth", "channel", "sides", "corners", "polarity", "type",
+               "score", "d_top", "d_bottom", "d_left", "d_right", "consistency")
+LAYER_COLUMNS = ("layer", "order", "depth", "candidate_channels", "pans")
+CHANNEL_COLUMNS = ("layer", "order", "depth", "channel", "max_abs_d", "pan")
+
+
+def _no_rows(lead: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    return lead.assign(**{c: pd.Series(dtype=object) for c in columns})
 
 
 # The settings that determine chapter 1's tables: a chapter reading them must run with the
@@ -448,7 +467,9 @@ def example_maps(model_name: str, settings: Settings, pans: pd.DataFrame,
     pans = pans[(pans["model"] == model_name) & (pans["weights"] == "pretrained")]
     scores = scores[(scores["model"] == model_name) & (scores["condition"] == "pretrained")]
     if pans.empty:
-        return pd.DataFrame()
+        print(f"{model_name}: no PAN found at tau = {settings.tau:g}, so no example maps")
+        return pd.DataFrame(columns=["model", "layer", "channel", "kind", "sides", "corners",
+                                     "max_abs_d", "row", "col", "value"])
     layer, chosen = pick_examples(pans, scores, n_pans, n_other)
     loaded = load_model(model_name)
     loaded.model.to(settings.device)
@@ -536,10 +557,14 @@ def identification_findings(counts: pd.DataFrame, pans: pd.DataFrame, *, tau: fl
     lines = [f"0. {m}: no padded convolution; trained without padding, it cannot have a PAN "
              "(the no-padding control)." for m in unpadded]
     pre, rnd, raw = pre.drop(unpadded), rnd.drop(unpadded), raw.drop(unpadded, errors="ignore")
+    if pre.empty:  # only no-padding controls: no claim to test
+        return lines + ["1. Existence: no pre-trained model here has a padded convolution, "
+                        "so no PAN can be found and the claims are not tested."]
     n_with = int((pre["pans"] > 0).sum())
+    verdict = ("agrees" if n_with == len(pre) else "partly agrees" if n_with
+               else f"disagrees: no PAN found at tau={tau:g}")
     lines.append(f"1. Existence: {n_with} of {len(pre)} pre-trained models have PANs at "
-                 f"tau={tau:g}, q={consistency:g} with the circular null "
-                 + ("(agrees)." if n_with == len(pre) else "(partly agrees)."))
+                 f"tau={tau:g}, q={consistency:g} with the circular null ({verdict}).")
     lines.append("2. Identifiable through activations: the rule uses only responses to natural "
                  "images; the circular-padded model itself would call "
                  + ", ".join(f"{m}: {r.circular_null_pans:g}" for m, r in pre.iterrows())

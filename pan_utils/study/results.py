@@ -42,12 +42,21 @@ def write_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> Path:
 
 def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:
     """A table written by ``write_table``; empty text cells (e.g. no sides) stay ''; its
-    recorded parameters, if any, in ``attrs["params"]``."""
+    recorded parameters, if any, in ``attrs["params"]``. A table with no rows comes back
+    with its columns (none for one written without any)."""
     path = Path(out_dir) / "tables" / f"{name}.csv"
-    header = pd.read_csv(path, nrows=0).columns
-    df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS if c in header},
-                     keep_default_na=False, na_values={c: ["", "nan"] for c in header
-                                                       if c not in TEXT_COLUMNS})
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except pd.errors.EmptyDataError:  # a table without columns (nothing found): empty
+        header = None
+    if header is None:
+        df = pd.DataFrame()
+    else:
+        df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS if c in header},
+                         keep_default_na=False, na_values={c: ["", "nan"] for c in header
+                                                           if c not in TEXT_COLUMNS})
+    if df.empty:  # no row to infer types from: numbers are floats, as with NaN
+        df = df.astype({c: float for c in df.columns if c not in TEXT_COLUMNS})
     params = table_params(out_dir, name)
     if params is not None:
         df.attrs["params"] = params

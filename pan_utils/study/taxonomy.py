@@ -254,13 +254,32 @@ def classify_all(settings: Settings, pans: pd.DataFrame, counts: pd.DataFrame
     with_pans = models_with_pans(pans, settings.models)
     kernels = [first_layer_kernels(m, settings, pans) for m in with_pans]
     uneven = [uneven_padding(m, settings, pans) for m in with_pans]
-    cat = lambda frames: pd.concat(frames, ignore_index=True)  # noqa: E731
+    def cat(name: str, frames: list[pd.DataFrame]) -> pd.DataFrame:
+        if not frames:  # no model with PANs: the table's columns, no row
+            return pd.DataFrame(columns=list(PER_MODEL_COLUMNS[name]))
+        return pd.concat(frames, ignore_index=True)
+
     return {"taxonomy": type_counts(pans, counts),
-            "kernel_mass": cat([k[0] for k in kernels]),
-            "pan_kernels": cat([k[1] for k in kernels]),
-            "uneven_padding_layers": cat([u[0] for u in uneven]),
-            "uneven_padding_pans": cat([u[1] for u in uneven]),
-            "type_example_maps": cat([type_examples(m, settings, pans) for m in with_pans])}
+            "kernel_mass": cat("kernel_mass", [k[0] for k in kernels]),
+            "pan_kernels": cat("pan_kernels", [k[1] for k in kernels]),
+            "uneven_padding_layers": cat("uneven_padding_layers", [u[0] for u in uneven]),
+            "uneven_padding_pans": cat("uneven_padding_pans", [u[1] for u in uneven]),
+            "type_example_maps": cat("type_example_maps", [type_examples(m, settings, pans)
+                                                           for m in with_pans])}
+
+
+# The columns of classify_all's per-model tables, for a chapter where no model has a PAN.
+PER_MODEL_COLUMNS = {
+    "kernel_mass": ("model", "layer", "channel", "side", "pad_index", "uniform", "pan",
+                    "detects_side", "mass"),
+    "pan_kernels": ("model", "layer", "kind", "channel", "sides", "row", "col", "weight"),
+    "uneven_padding_layers": ("model", "size", "layer", "order", "kernel_h", "stride_h", "in_h",
+                              "pad_top", "pad_bottom", "pad_left", "pad_right", "band_top",
+                              "band_bottom", "band_left", "band_right"),
+    "uneven_padding_pans": ("model", "size", "side", "pans", "total_pans"),
+    "type_example_maps": ("model", "type", "layer", "channel", "sides", "corners", "score",
+                          "row", "col", "value"),
+}
 
 
 def type_lines(tax: pd.DataFrame) -> list[str]:
