@@ -33,10 +33,12 @@ from ..engine.zoo import (architecture_key, build_architecture, model_family, mo
                           resolve_source)
 from ..engine.padding import ConvSite, discover, is_tf_same
 from ..engine.progress import progress_bar
-from ..engine.scan import find_pans
+from ..engine.rule import decide_pans
+from ..engine.store import ScanStore
 from ..engine.devices import resolve_device
 from .identification import RANDOM as RANDOM_BASELINE
-from .identification import baseline_models, input_size, probe_images, size_label
+from .identification import (input_size, probe_images, size_label, stored_scores,
+                             variants)
 from .cluster import GPU, census_client, has_gpu_workers, worker_count
 from .provenance import code_hash
 from .settings import Settings
@@ -257,22 +259,29 @@ def _scan(loaded: LoadedModel, settings: Settings, device: str, row: dict,
         row.update(pans=0, baseline_pans=0.0, baseline_pans_sd=0.0, pan_layers=0, n_images=0,
                    **{f"pans_{k}": 0 for k in SIDES})
         return
-    images = probe_images(loaded, s, size)
-    model = loaded.model.to(device)
-    pans = find_pans(model, images, s.tau, s.consistency, batch_size=s.batch_size,
-                     device=device, progress=False)
+    # through the scan store: a census rerun at another tau re-decides, and a model that
+    # chapter 1 scanned on the same probes is not scanned again (docs/METHOD.md §12)
+    store, name = ScanStore(), str(row["model"])
+    cache: dict = {}
+
+    def images():
+        if "x" not in cache:
+            cache["x"] = probe_images(loaded, s, size)
+        return cache["x"]
+
+    def decided(weights, seed):
+        _, scores, _ = stored_scores(name, loaded, s, size, weights, seed, store=store,
+                                     images=images, progress=False)
+        return decide_pans(scores, tau=s.tau, consistency=s.consistency)
+
+    pans = decided(PRETRAINED, None)
     n_cand = sum(x.module.out_channels for x in sites if x.is_candidate)
     row.update(pans=len(pans), pan_fraction=len(pans) / n_cand, n_images=s.n_images,
                pan_layers=int(pans["layer"].nunique()) if len(pans) else 0,
                **{f"pans_{k}": int(pans["sides"].str.contains(k).sum()) if len(pans) else 0
                   for k in SIDES})
-    counts = []
-    for label, _seed, baseline in baseline_models(loaded, s, size):
-        if label != RANDOM_BASELINE:
-            break
-        counts.append(len(find_pans(baseline.to(device), images, s.tau, s.consistency,
-                                    batch_size=s.batch_size, device=device, progress=False)))
-        del baseline
+    counts = [len(decided(weights, seed)) for weights, seed in variants(s)
+              if weights == RANDOM_BASELINE]
     row.update(baseline_pans=float(pd.Series(counts).mean()),
                baseline_pans_sd=float(pd.Series(counts).std()) if len(counts) > 1 else 0.0)
 
