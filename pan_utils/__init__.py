@@ -17,7 +17,7 @@ _EXPORTS = {
     "ablate": "ablate", "interior_means": "ablate",
     "eval_mode": "hooks", "hooks": "hooks",
     "LoadedModel": "models", "ModelError": "models", "Preprocessing": "models",
-    "list_models": "models", "load_model": "models", "random_init": "state",
+    "list_models": "zoo", "load_model": "models", "random_init": "state",
     "padded_convs": "padding",
     "padding_policy": "policy",
     "BundledProbe": "probes", "ImageFolderProbe": "probes", "ProbeError": "probes",
@@ -33,7 +33,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports them
     from .engine.ablate import ablate, interior_means
     from .engine.hooks import eval_mode, hooks
-    from .engine.models import LoadedModel, ModelError, Preprocessing, list_models, load_model
+    from .engine.models import LoadedModel, ModelError, Preprocessing, load_model
     from .engine.padding import padded_convs
     from .engine.policy import padding_policy
     from .engine.probes import (BundledProbe, ImageFolderProbe, ProbeError, bundled_images,
@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .engine.scan import ScanError, find_pans, scan
     from .engine.state import random_init
     from .engine.types import pan_type
+    from .engine.zoo import list_models
 
 
 def __getattr__(name: str) -> Any:

@@ -465,7 +465,7 @@ def _check_writable_dir(path: Path, option: str) -> Path:
 def runner_folder(path: Path) -> Path | None:
     """The folder at or above ``path`` that the study's runner owns (its manifest.json,
     e.g. the committed results/ and so results/tables/), or None."""
-    from .study.reproduce import is_runner_folder
+    from .study.outputs import is_runner_folder
 
     for p in (path.resolve(), *path.resolve().parents):
         if (p / "manifest.json").is_file():

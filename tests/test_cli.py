@@ -329,7 +329,7 @@ def test_nan_weights_exit_2_and_write_nothing(tiny_models, tmp_path, capsys):
 
 def test_small_images_are_upscaled_with_one_counted_warning(tiny_models, tmp_path, capsys):
     root = _images_in(tmp_path / "imgs", 7)
-    _images_in(tmp_path / "small", 1, size=(1, 1))
+    _images_in(tmp_path / "small", 1, size=(4, 4))  # not one colour: a 1x1 image is constant
     (tmp_path / "small" / "0.png").rename(root / "tiny.png")
     code, _, err = _run(_scan("tiny", tmp_path / "res", "--images", str(root)), capsys)
     assert code == 0, err

@@ -17,7 +17,8 @@ import torch
 
 from pan_utils.engine import models
 from pan_utils.engine.models import (OFFLINE, OFFLINE_MODELS, WEIGHT_WHEELS, ModelError,
-                                     list_models, load_model)
+                                     load_model)
+from pan_utils.engine.zoo import list_models
 from pan_utils.engine.padding import discover
 from pan_utils.engine.probes import bundled_images
 

@@ -11,7 +11,7 @@ import torch
 
 from pan_utils import ImageFolderProbe, find_pans, load_model, random_init
 from pan_utils.cli import main
-from pan_utils.engine.models import resolve_source
+from pan_utils.engine.zoo import resolve_source
 from pan_utils.study.settings import settings
 
 WNIDS = ("n01440764", "n01443537")  # tench, goldfish: ImageNet classes 0 and 1

@@ -399,9 +399,7 @@ def load_model(name: str, pretrained: bool = True, weights: str | os.PathLike | 
         >>> model, prep = load_model("mobilenet_v2")
         >>> x = bundled_images(32, prep.input_size, mean=prep.mean, std=prep.std)
     """
-    from .zoo import resolve_source
-
-    source, bare = resolve_source(name)
+    source, bare = zoo.resolve_source(name)
     load_pretrained = pretrained and weights is None
     loaded = SOURCES[source](bare, load_pretrained)
     if weights is not None:
@@ -462,13 +460,6 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model.eval()
 
 
-_ZOO_NAMES = ("resolve_source", "timm_names", "torchvision_names", "list_models")
-
-
-def __getattr__(name: str):
-    """The zoo's names, kept importable from here (their home is ``engine.zoo``)."""
-    if name in _ZOO_NAMES:
-        from . import zoo
-
-        return getattr(zoo, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The zoo (names, sources) imports this module's registry, so it is imported last: a
+# cycle that resolves at load time, with load_model reading zoo.resolve_source at call time.
+from . import zoo  # noqa: E402

@@ -39,7 +39,8 @@ ENGINE = Path(__file__).resolve().parent
 # The engine modules whose code determines a stored entry: model building, probes, padding
 # discovery and policy, the scan and its kernel, the rule and the count curves, this file.
 SCAN_MODULES = ("archs", "geometry", "hooks", "io", "kernels", "models", "padding", "policy",
-                "probes", "progress", "rule", "scan", "state", "store", "types", "uncertainty")
+                "probes", "progress", "rule", "scan", "state", "store", "types", "uncertainty",
+                "zoo")
 
 ScanResult = tuple[pd.DataFrame, "PerImageStats | None"]
 

@@ -29,7 +29,7 @@ from ..engine.frames import (activation_shift, centre_mask, compare_predictions,
                              patch_transform, predictions, random_mask)
 from ..engine.models import load_model, model_task
 from ..engine.policy import padding_policy
-from ..engine.probes import bundled_images
+from ..engine.probes import ImageFolderProbe, bundled_images
 from .ablation import eval_images, first_images, interior_means_from_scores, random_controls
 from .identification import pretrained_pans
 from .settings import Settings
@@ -57,8 +57,6 @@ def split_images(preprocessing, settings: Settings, size: int, split: str, n: in
         raise ValueError(f"split must be 'scan' or 'eval'; got {split!r}")
     if settings.data_dir:
         if split == "scan":
-            from ..engine.probes import ImageFolderProbe
-
             probe = ImageFolderProbe(settings.data_dir, size, p.mean, p.std,
                                      n=settings.n_images, seed=seed, channels=p.channels)
             x = first_images(probe, n)

@@ -11,7 +11,8 @@ import threading
 from pathlib import Path
 from typing import Iterable
 
-from ..engine.models import OFFLINE, ModelError, install_offline_weights, resolve_source
+from ..engine.models import OFFLINE, ModelError, install_offline_weights
+from ..engine.zoo import resolve_source
 from ..engine.probes import IMAGE_SUFFIXES
 from .settings import Settings
 
