@@ -79,3 +79,21 @@ def test_claims_equal_the_tables(smoke_results, tables):
             row = nat[(nat["model"] == model) & (nat["transform"] == name)]
             assert k["frame"] == pytest.approx(float(row["agreement"].iloc[0]), abs=1e-5)
         assert set(c["fooling_rate"]) == {"frame", "centre"}
+
+
+def test_chapter6_runs_to_its_end_without_a_pan(smoke_results, tmp_path):
+    """At a threshold no channel reaches, the chapter says there is nothing to ablate and
+    still writes every figure (chapter 1's stored scan, decided at tau 50: no scan)."""
+    import nbformat
+
+    from pan_utils.study.reproduce import default_notebooks, run_notebook
+
+    nb = next(p for p in default_notebooks() if p.stem == "06_frames")
+    run_notebook(nb, tmp_path, profile="smoke", extra_params={"tau": 50.0}, progress=False)
+    executed = nbformat.read(tmp_path / "notebooks" / nb.name, as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "no PAN found at this tau, so there is nothing to border-ablate" in text
+    assert "nan%" not in text
+    assert (tmp_path / "figures" / "frames_activation_shift.png").is_file()
+    assert read_table(tmp_path, "frames_pans").empty or (
+        read_table(tmp_path, "frames_pans")["pans"] == 0).all()

@@ -30,6 +30,7 @@ from ..engine.frames import (activation_shift, centre_mask, compare_predictions,
 from ..engine.models import load_model, model_task
 from ..engine.policy import padding_policy
 from ..engine.probes import ImageFolderProbe, bundled_images
+from . import figures as plots
 from .ablation import eval_images, first_images, interior_means_from_scores, random_controls
 from .identification import pretrained_pans
 from .settings import Settings
@@ -298,6 +299,14 @@ def mediation_summary(mediation: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def shift_figure(shift, models=None):
+    """The activation-shift figure, or a note when no model had a PAN to compare (a run at
+    a threshold no channel reaches still writes every figure and runs to its end)."""
+    if shift.empty:
+        return plots.nothing_to_draw("no PAN found: no activation shift to compare")
+    return plots.frames_activation_shift(shift, models=models)
+
+
 def frames_claims(tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
     """The chapter's key numbers and verdicts per model, from its tables (the notebook's
     sentences and claims.json). Verdicts use BORDER_MARGIN and MEDIATION_MIN_SD."""
@@ -395,6 +404,11 @@ def _model_findings(model: str, c: dict, thresholds: dict) -> dict[str, list[str
                          for w, v in fr.get("frame", {}).items()) + ".")
     found["adversarial"], lines = lines, []
     for t, m in c["mediation"].items():
+        if not m["draws"] and not np.isfinite(m["effect_pans"]):
+            lines.append(f"{model}, {t} frame changes {_pct(m['effect_intact'])} of top-1 "
+                         "predictions; no PAN found at this tau, so there is nothing to "
+                         "border-ablate and no mediation to measure.")
+            continue
         verdict = ("PAN-specific" if m["pan_specific"]
                    else "not beyond the random control")
         lines.append(f"{model}, {t} frame changes {_pct(m['effect_intact'])} of top-1 "
