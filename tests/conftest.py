@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,22 @@ class Rerun:
     def passed(self) -> int:
         m = re.search(r"(\d+) passed", self.report)
         return int(m.group(1)) if m else 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scan_store(tmp_path_factory: pytest.TempPathFactory):
+    """Each test session scans into a store of its own (docs/METHOD.md §12), notebooks
+    included (their kernels inherit it): a scan stored by an earlier run would hide the
+    scans, progress bars and warnings a test expects."""
+    from pan_utils.engine.store import STORE_ENV
+
+    old = os.environ.get(STORE_ENV)
+    os.environ[STORE_ENV] = str(tmp_path_factory.mktemp("scans"))
+    yield Path(os.environ[STORE_ENV])
+    if old is None:
+        os.environ.pop(STORE_ENV, None)
+    else:
+        os.environ[STORE_ENV] = old
 
 
 @pytest.fixture(scope="session")
