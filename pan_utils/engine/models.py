@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import archs
+from .cure import CURE_FORMAT, CureError, restore
 from .probes import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -427,7 +428,8 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     Args:
         model: the network.
         path: a state dict, or a checkpoint holding one under ``state_dict``, ``model`` or
-            ``model_state_dict``.
+            ``model_state_dict``, or a cure (``engine.cure.save``: its padding is rebuilt on
+            the architecture first).
 
     Returns:
         ``model``, in eval mode. A missing, unreadable or mismatched file raises
@@ -443,6 +445,11 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(_unreadable_weights(path, exc)) from None
+    if isinstance(state, dict) and state.get("format") == CURE_FORMAT:
+        try:  # a cure: its padding spec rebuilt on the architecture, then its weights
+            return restore(model, state)
+        except CureError as exc:
+            raise ModelError(f"weights file {path.name}: {exc}") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in state and isinstance(state[key], dict):

@@ -37,8 +37,9 @@ FORMAT = 1  # bump when the layout of an entry changes
 STORE_ENV = "PAN_UTILS_STORE"  # where the store lives (default: ./.cache/scans)
 ENGINE = Path(__file__).resolve().parent
 # The engine modules whose code determines a stored entry: model building, probes, padding
-# discovery and policy, the scan and its kernel, the rule and the count curves, this file.
-SCAN_MODULES = ("archs", "geometry", "hooks", "io", "kernels", "models", "padding", "policy",
+# discovery, policy and cures, the scan and its kernel, the rule and the count curves, this file.
+SCAN_MODULES = ("archs", "cure", "geometry", "hooks", "io", "kernels", "models", "padding",
+                "policy",
                 "probes", "progress", "rule", "scan", "state", "store", "types", "uncertainty",
                 "zoo")
 
