@@ -32,7 +32,10 @@ def _shown(value) -> str:
                                    "train_patches", "train_test_patches", "train_scan_images",
                                    "train_width", "train_depth", "census_models",
                                    "census_architectures", "census_images",
-                                   "census_baseline_seeds"])
+                                   "census_baseline_seeds", "cure_paddings",
+                                   "cure_bn_paddings", "cure_distill_paddings", "cure_params",
+                                   "cure_steps", "cure_batch", "cure_n_eval", "cure_n_images",
+                                   "cure_train_images", "cure_n_placement", "cure_ablations"])
 def test_profile_table_matches_the_code(field):
     row = _profile_rows()[field]
     assert row == [_shown(getattr(PROFILES[n], field)) for n in NAMES], field

@@ -13,7 +13,7 @@ from pan_utils.study.reproduce import REPO_ROOT, default_notebooks
 
 NOTEBOOKS = default_notebooks()
 STUDY = ("01_identification", "02_taxonomy", "03_ablation", "04_padding_policy", "05_census",
-         "06_frames")
+         "06_frames", "07_cure")
 
 
 def _id(path: Path) -> str:

@@ -61,6 +61,19 @@ MEANING = {
     "frames_adv_widths": "frames: universal frame widths, px",
     "frames_adv_images": "frames: scan crops the universal frames are fitted on",
     "frames_adv_steps": "frames: Adam steps per universal fit",
+    "cure_paddings": "cure: paddings swapped in",
+    "cure_bn_paddings": "cure: paddings also recalibrated (BatchNorm)",
+    "cure_distill_paddings": "cure: paddings distilled from the original",
+    "cure_params": "cure: parameters distillation trains",
+    "cure_steps": "cure: distillation steps measured",
+    "cure_lr": "cure: Adam learning rate",
+    "cure_batch": "cure: crops per distillation step",
+    "cure_mixup": "cure: mixup Beta parameter",
+    "cure_n_eval": "cure: held-out evaluation crops",
+    "cure_n_images": "cure: PAN probes (scan split)",
+    "cure_train_images": "cure: distillation crops (scan split)",
+    "cure_n_placement": "cure: placement crops",
+    "cure_ablations": "cure: chapter 3 ablations as references",
 }
 # The parameters that matter to each chapter, in the order its opening table lists them.
 CHAPTER_PARAMETERS = {
@@ -82,6 +95,10 @@ CHAPTER_PARAMETERS = {
                "frames_fills", "frames_control_widths", "frames_mediation_fills",
                "frames_random_draws", "frames_adv_widths", "frames_adv_images",
                "frames_adv_steps", "seed", "device"),
+    "cure": ("profile", "models", "tau", "consistency", "cure_paddings", "cure_bn_paddings",
+             "cure_distill_paddings", "cure_params", "cure_steps", "cure_lr", "cure_batch",
+             "cure_mixup", "cure_n_eval", "cure_n_images", "cure_train_images",
+             "cure_n_placement", "cure_ablations", "seed", "device"),
 }
 # What None means for a parameter (its profile leaves the choice to the model or the machine).
 NONE_MEANS = {"image_size": "each model's own", "data_dir": "bundled photos",

@@ -973,3 +973,85 @@ def frames_padding(padding: pd.DataFrame, models=None) -> plt.Figure:
                  fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- chapter 7: cure
+
+_CURE_MARKERS = {"swap": "o", "bn": "s", "distill": "^", "ablation": "X", "original": "*"}
+
+
+@_or_nothing("no classifier: nothing to cure")
+def cure_frontier(cure: pd.DataFrame, models=None, *, goal_agreement: float = 0.9,
+                  goal_removed: float = 0.9) -> plt.Figure:
+    """Per model: top-1 agreement with the original against the PANs remaining (symlog
+    x), every cure and step count a point (a distillation's points joined from its plain
+    swap in step order, named once), the original and chapter 3's ablations as references, the goal shaded."""
+    from .cure import point_label
+
+    models = _model_order(cure, models)
+    fig, axes = plt.subplots(1, len(models), figsize=(6.2 * len(models), 5.0), squeeze=False)
+    paddings = list(dict.fromkeys(cure.loc[cure["kind"] != "original", "padding"]))
+    colors = {p: PALETTE[i % len(PALETTE)] for i, p in enumerate(paddings)}
+    for ax, model in zip(axes[0], models):
+        g = cure[cure["model"] == model]
+        n0 = int(g.loc[g["kind"] == "original", "pans"].iloc[0])
+        ax.fill_between([0, (1 - goal_removed) * n0], goal_agreement, 1.05, color="#2ca02c",
+                        alpha=0.15, lw=0)
+        ax.text(0, 1.03, "goal", fontsize=7, color="#2ca02c", va="top")
+        for r in g.itertuples():
+            ref = r.kind in ("original", "ablation")
+            ax.scatter(r.pans, r.agreement, marker=_CURE_MARKERS[r.kind], s=110 if ref else 60,
+                       color="0.2" if ref else colors[r.padding], edgecolor="white", zorder=3)
+            if r.kind != "distill":  # a distillation is named once, below (its run)
+                ax.annotate(point_label(r._asdict()), (r.pans, r.agreement), fontsize=6.5,
+                            xytext=(4, 4), textcoords="offset points")
+        for (pad, params), d in g[g["kind"] == "distill"].groupby(["padding", "params"]):
+            start = g[(g["kind"] == "swap") & (g["padding"] == pad)]
+            steps = ", ".join(str(v) for v in sorted(d["steps"]))
+            last = d.sort_values("steps").iloc[-1]
+            d = pd.concat([start, d.sort_values("steps")])
+            ax.plot(d["pans"], d["agreement"], "-", color=colors[pad], lw=1, alpha=0.7)
+            ax.annotate(f"{pad} + distill ({params}), {steps} steps", (last["pans"],
+                        last["agreement"]), fontsize=6.5, xytext=(-4, -11),
+                        textcoords="offset points", ha="right", color=colors[pad])
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set(ylim=(-0.02, 1.05), xlim=(-0.3, max(g["pans"].max() * 2, 2)),
+               xlabel="PANs remaining (study's rule, circular null; symlog)",
+               ylabel="top-1 agreement with the original", title=model)
+        names = {"swap": "plain swap", "bn": "BatchNorm recalibrated",
+                 "distill": "distilled (steps)", "ablation": "PANs ablated (chapter 3)",
+                 "original": "original"}
+        handles = [plt.Line2D([], [], marker=m, ls="", color="0.3", label=names[k])
+                   for k, m in _CURE_MARKERS.items() if k in set(g["kind"])]
+        handles += [plt.Line2D([], [], marker="o", ls="", color=colors[p], label=f"{p} padding")
+                    for p in paddings if p != "zeros"]
+    fig.suptitle("The cure frontier: agreement kept against PANs left (top left is better)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=6, frameon=False)
+    return fig
+
+
+@_or_nothing("no classifier: nothing to cure")
+def cure_placement(cure: pd.DataFrame, models=None) -> plt.Figure:
+    """Per model and point: agreement with the original when the evidence sits at the
+    centre or in a corner, and the share of top-1 predictions a frame changes."""
+    from .cure import point_label
+
+    models = _model_order(cure, models)
+    fig, axes = plt.subplots(len(models), 1, figsize=(10, 3.3 * len(models)), squeeze=False)
+    measures = [("agreement_centre", "agreement, evidence at the centre"),
+                ("agreement_corner", "agreement, evidence in a corner"),
+                ("frame_effect", "share changed by the frame")]
+    for ax, model in zip(axes[:, 0], models):
+        g = cure[cure["model"] == model]
+        labels = [point_label(r) for r in g.to_dict("records")]
+        x = np.arange(len(g))
+        for k, (col, name) in enumerate(measures):
+            ax.bar(x - 0.3 + 0.2 * (k + 0.5), g[col], width=0.19, color=PALETTE[k], label=name)
+        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+        ax.set(ylim=(0, 1.3), title=model, ylabel="share of crops")
+        ax.set_yticks(np.linspace(0, 1, 6))
+        ax.legend(fontsize=7, ncol=3, loc="upper right")
+    fig.tight_layout()
+    return fig

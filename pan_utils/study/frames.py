@@ -246,18 +246,22 @@ def frames_model(model_name: str, settings: Settings, *, progress: bool = True
     return out
 
 
+def classifiers(models) -> list[str]:
+    """The image classifiers among ``models``; one printed line names the others, which
+    have no top-1 class to agree on (chapters 6 and 7 measure top-1 agreement)."""
+    skipped = [m for m in models if model_task(m) != "classification"]
+    if skipped:
+        print(f"skipped (not ImageNet classifiers; this chapter measures top-1 agreement): "
+              f"{', '.join(f'{m} ({model_task(m)})' for m in skipped)}")
+    return [m for m in models if m not in skipped]
+
+
 def frames_all(settings: Settings, *, progress: bool = True) -> dict[str, pd.DataFrame]:
     """Every table of the chapter, for every classifier of the profile (one printed line
     names the models skipped because they are not image classifiers), plus
     ``frames_mediation_summary``."""
-    skipped = [m for m in settings.models if model_task(m) != "classification"]
-    if skipped:
-        print(f"skipped (not ImageNet classifiers; this chapter measures top-1 agreement): "
-              f"{', '.join(f'{m} ({model_task(m)})' for m in skipped)}")
     parts, timings = [], {}
-    for m in settings.models:
-        if m in skipped:
-            continue
+    for m in classifiers(settings.models):
         print(f"{m}: PANs, natural frames and controls, universal frames, mediation, padding")
         parts.append(frames_model(m, settings, progress=progress))
         timings.update(parts[-1]["frames_natural"].attrs.get("timings", {}))

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..engine.io import atomic_write
 from .ablation import ablation_readme
 from .census import census_readme, census_table
+from .cure import cure_claims, cure_findings
 from .frames import frames_claims, frames_findings
 from .identification import identification_readme
 from .padding_policy import policy_readme, training_readme
@@ -57,6 +58,10 @@ def _frames(results: Path) -> list[str]:
     return frames_findings(frames_claims({n: read_table(results, n) for n in names}))
 
 
+def _cure(results: Path) -> list[str]:
+    return cure_findings(cure_claims(read_table(results, "cure")))
+
+
 def findings(results: str | Path = "results") -> str:
     """The findings block, markers included, from the tables in ``results``."""
     results = Path(results)
@@ -66,7 +71,8 @@ def findings(results: str | Path = "results") -> str:
              "**Padding policy, trained from scratch** (chapter 4)", "",
              *_padding_policy(results), "", *_training_evidence(results), "",
              "**Census of the model zoo** (chapter 5)", "", *_census(results), "",
-             "**Frames and adversarial borders** (chapter 6)", "", *_frames(results), "", END]
+             "**Frames and adversarial borders** (chapter 6)", "", *_frames(results), "",
+             "**A cure** (chapter 7)", "", *_cure(results), "", END]
     return "\n".join(parts)
 
 

@@ -81,6 +81,22 @@ class Settings:
     frames_adv_batch: int = 8
     frames_adv_lr: float = 0.1
     frames_shift_images: int = 8  # evaluation images of the activation-shift measure
+    # cure (docs/METHOD.md §14): paddings, recoveries, the distillation grid, the measures
+    cure_paddings: tuple[str, ...] = ("reflect", "replicate", "circular", "partial", "mean")
+    cure_bn_paddings: tuple[str, ...] = ("mean",)  # also measured after BatchNorm recalibration
+    cure_distill_paddings: tuple[str, ...] = ("mean",)  # distilled from the original
+    cure_params: tuple[str, ...] = ("all",)  # what distillation trains: all, bn, pan_layers
+    cure_steps: tuple[int, ...] = (8, 40)  # distillation steps measured (one run each)
+    cure_lr: float = 1e-5  # Adam
+    cure_batch: int = 16  # crops per distillation step
+    cure_mixup: float = 1.0  # Beta parameter of the mixup blend; 0 for none
+    cure_n_eval: int = 96  # held-out evaluation crops (the first of chapter 3's set)
+    cure_n_images: int = 40  # scan-split probes of the PAN counts (and mean padding's fill)
+    cure_train_images: int = 256  # scan-split crops distillation draws from
+    cure_n_placement: int = 32  # evaluation crops placed at the centre / in a corner
+    cure_frame_fill: str = "black"  # chapter 6's frame of the frame-sensitivity measure
+    cure_frame_width: int = 4
+    cure_ablations: tuple[str, ...] = ("border",)  # chapter 3's ablations, as references
 
     def replace(self, **overrides: Any) -> Settings:
         """A copy with every non-None override applied; unknown names are an error."""
@@ -121,7 +137,9 @@ PROFILES: dict[str, Settings] = {
                       frames_fills=("black", "replicate"), frames_mediation_fills=("black",),
                       frames_random_draws=1, frames_adv_widths=(2,), frames_adv_images=8,
                       frames_adv_steps=2, frames_adv_batch=4, frames_shift_images=4,
-                      **_TRAIN_SMALL),
+                      cure_paddings=("reflect", "partial", "mean"), cure_steps=(2,),
+                      cure_batch=4, cure_n_eval=16, cure_n_images=16, cure_train_images=16,
+                      cure_n_placement=8, **_TRAIN_SMALL),
     # the offline study committed in results/: 6 pre-trained models, 4 families, 3 tasks
     # (ImageNet classification; EasyOCR text recognition, grey 64x128 probes; MTCNN face
     # detection, unpadded: the no-padding control). efficientnet_lite1/2 and craft load
@@ -145,7 +163,12 @@ PROFILES: dict[str, Settings] = {
         census_baseline_seeds=3, frames_n_eval=5000, frames_control_widths=(1, 2, 4, 8),
         frames_mediation_fills=("black", "white", "grey", "replicate"),
         frames_random_draws=10, frames_adv_widths=(1, 2, 4, 8), frames_adv_images=1024,
-        frames_adv_steps=300, frames_adv_batch=64, frames_shift_images=256),
+        frames_adv_steps=300, frames_adv_batch=64, frames_shift_images=256,
+        cure_bn_paddings=("reflect", "replicate", "partial", "mean"),
+        cure_distill_paddings=("reflect", "replicate", "partial", "mean"),
+        cure_params=("all", "bn"), cure_steps=(250, 1000, 4000), cure_lr=1e-5, cure_batch=64,
+        cure_n_eval=5000, cure_n_images=512, cure_train_images=1024, cure_n_placement=512,
+        cure_ablations=("border", "mean")),
 }
 
 
