@@ -1,4 +1,4 @@
-"""Command line: ``python -m pan_utils scan MODEL``, ``census`` and ``models``.
+"""Command line: ``python -m pan_utils scan MODEL``, ``census``, ``cure`` and ``models``.
 
 User mistakes (unknown model, bad folder, bad option, image size too small for the
 model, weights that do not fit) end with exit status 2 and one line on stderr, never a
@@ -51,14 +51,21 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------- options
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
+def _int_from(low: int, requirement: str):
+    """An argparse type: a whole number >= ``low``, else '<requirement>, got ...'."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{requirement}, got {v}")
+        return v
+    return parse
+
+
+_positive_int = _int_from(1, "must be at least 1")
+_steps = _int_from(0, "must be 0 or more")
 
 
 SEED_MAX = 2**31 - 1  # the study adds small offsets (seed + 2, seed + i): all stay < 2**32
@@ -87,6 +94,9 @@ def _float_in(ok, requirement: str):
         return v
     return parse
 
+
+# engine.cure.PADDINGS but zeros (torch-free here, so --help answers at once)
+_CURE_PADDINGS = ("reflect", "replicate", "circular", "partial", "mean")
 
 _tau = _float_in(lambda v: v > 0 and math.isfinite(v), "must be a finite number > 0")
 _fraction = _float_in(lambda v: 0 <= v <= 1, "must be in [0, 1]")
@@ -253,6 +263,52 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--retry-failed", action="store_true",
                    help="run the models whose cached row is an error again")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    k = sub.add_parser(
+        "cure", help="re-pad a model so that its PANs go, recover its behaviour, save it",
+        description="Cure MODEL of its PANs (docs/METHOD.md §14): every padded convolution "
+                    "pads with --padding instead, then (--steps N > 0) the cured copy is "
+                    "distilled from the zero-padded original on unlabeled crops of the scan "
+                    "images (KL on the logits). Measures the cure against the original on "
+                    "held-out evaluation crops (top-1 agreement, KL) and counts PANs before "
+                    "and after with the study's rule, then writes FILE: the state dict and "
+                    "its padding spec, which load_model(MODEL, weights=FILE) restores.")
+    k.add_argument("model", metavar="MODEL", help="model name, as for scan")
+    k.add_argument("--padding", required=True, choices=_CURE_PADDINGS,
+                   help="the new border: reflect, replicate, circular, partial (partial "
+                        "convolution's re-weighting) or mean (each channel's mean activation)")
+    k.add_argument("--steps", type=_steps, default=0, metavar="N",
+                   help="distillation steps, 0 or more (default: %(default)s: the plain swap)")
+    k.add_argument("--out", required=True, metavar="FILE",
+                   help="where to save the cure (replaced atomically)")
+    k.add_argument("--recalibrate-bn", action="store_true",
+                   help="re-estimate BatchNorm statistics on the scan crops before distilling")
+    k.add_argument("--params", choices=("all", "bn", "pan_layers"), default="all",
+                   help="what distillation trains: every parameter (default), BatchNorm's "
+                        "affine parameters, or the layers that hold PANs")
+    k.add_argument("--lr", type=_float_in(lambda v: v > 0 and math.isfinite(v),
+                                          "must be a finite number > 0"),
+                   default=study_profiles["default"].cure_lr, metavar="LR",
+                   help="Adam's learning rate (default: %(default)s)")
+    k.add_argument("--batch-size", type=_positive_int,
+                   default=study_profiles["default"].cure_batch, metavar="B",
+                   help="crops per distillation step (default: %(default)s)")
+    k.add_argument("--images", default="bundled", metavar="bundled|DIR",
+                   help="scan images (distillation, mean padding's fill, PAN probes) and, "
+                        "from the files they do not use, evaluation images: 'bundled' photos "
+                        "(default) or an image folder")
+    k.add_argument("--n-eval", type=_positive_int, default=64, metavar="N",
+                   help="held-out evaluation crops of the summary (default: %(default)s)")
+    k.add_argument("--n-images", type=_positive_int, default=64, metavar="N",
+                   help="PAN probes (and mean padding's calibration crops; default: "
+                        "%(default)s)")
+    k.add_argument("--tau", type=_tau, default=3.0, metavar="T",
+                   help="the rule's threshold on |d| (default: %(default)s)")
+    k.add_argument("--seed", type=_seed, default=0, metavar="S",
+                   help="seed of the crops and of distillation's batches (default: %(default)s)")
+    k.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                   help="where to run; auto (default) picks cuda when available")
+    k.add_argument("--quiet", action="store_true", help="no progress bar")
 
     m = sub.add_parser("models", help="list model names by source, marking those that run "
                                       "offline",
@@ -774,6 +830,46 @@ def cmd_scan(args) -> int:
     return 0
 
 
+def _check_out_file(out: Path) -> Path:
+    """Refuse, before anything runs, an output file that cannot be written."""
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"--out {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and
+                                                     not os.access(out, os.W_OK)):
+        raise UserError(f"--out {out}: cannot write there (permission denied)")
+    return out
+
+
+def cmd_cure(args) -> int:
+    out = _check_out_file(Path(args.out))
+    if args.images != "bundled" and not Path(args.images).is_dir():
+        raise UserError(f"image folder not found: {args.images} (use --images bundled for "
+                        "the built-in photos)")
+    device = _resolve_device(args.device)
+    from .engine.cure import save
+    from .study.cure import make_cure
+    from .study.settings import settings
+
+    S = settings("default", models=(args.model,), device=device, seed=args.seed, tau=args.tau,
+                 data_dir=None if args.images == "bundled" else args.images,
+                 cure_n_eval=args.n_eval, cure_n_images=args.n_images,
+                 cure_n_placement=min(args.n_eval, 32), cure_lr=args.lr,
+                 cure_batch=args.batch_size)
+    cured, spec, summary = make_cure(args.model, S, args.padding, steps=args.steps,
+                                     bn=args.recalibrate_bn, params=args.params,
+                                     progress=not args.quiet)
+    try:
+        save(out, cured, spec, args.model)
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    print(summary["text"])
+    print(f"wrote {out} (load it with load_model({args.model!r}, weights={str(out)!r}))")
+    return 0
+
+
 def _report_warnings(caught, probe) -> None:
     from .engine.probes import ProbeWarning
 
@@ -1033,6 +1129,7 @@ def cmd_models(args) -> int:
 # if its module was imported, so they are looked up in sys.modules, never imported here.
 _USER_ERRORS = (("pan_utils.engine.models", "ModelError"),
                 ("pan_utils.engine.probes", "ProbeError"),
+                ("pan_utils.engine.cure", "CureError"),
                 ("pan_utils.engine.scan", "ScanError"))
 
 
@@ -1050,7 +1147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 user error)."""
     args = build_parser().parse_args(argv)
     try:
-        command = {"scan": cmd_scan, "census": cmd_census, "models": cmd_models}
+        command = {"scan": cmd_scan, "census": cmd_census, "cure": cmd_cure,
+                   "models": cmd_models}
         return command[args.command](args)
     except KeyboardInterrupt:
         resume = "; finished models are cached: run it again to resume" if (
