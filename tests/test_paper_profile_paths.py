@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,27 @@ def test_a_paper_timm_model_builds_without_weights():
     assert loaded.preprocessing.input_size == (224, 224)
     assert len(loaded.preprocessing.class_names) == 1000
     assert not loaded.model.training
+
+
+def test_a_cure_of_a_timm_model_on_the_folder_keeps_eval_and_scan_apart(imagenet_val, tmp_path):
+    from pan_utils.engine import cure
+    from pan_utils.study.cure import cure_data
+
+    S = settings("smoke", data_dir=str(imagenet_val), n_images=4, n_eval=4, cure_n_eval=4,
+                 cure_n_placement=2, cure_train_images=4, cure_n_images=4, frames_n_eval=2)
+    loaded = load_model(TIMM_MODEL, pretrained=False)
+    prep = loaded.preprocessing
+    with warnings.catch_warnings():  # the corrupt file, if drawn, is skipped with a warning
+        warnings.simplefilter("ignore")
+        data = cure_data(prep, S, 32)
+        eval_files = set(map(str, data.eval.files))
+    scan_files = set(map(str, data.probes.files))
+    assert data.train.shape[0] == 4 and eval_files and not eval_files & scan_files
+    model = random_init(loaded.model, 0)
+    cured, spec = cure.swap_padding(model, "mean", 32, calibration=data.train)
+    cure.distill(cured, model, data.train, steps=1, batch_size=2)
+    path = cure.save(tmp_path / "timm.pt", cured, spec, TIMM_MODEL)
+    again = load_model(TIMM_MODEL, weights=path).model
+    x = data.train[:2]
+    with torch.no_grad():
+        assert torch.equal(again(x), cured(x))

@@ -440,10 +440,13 @@ def load(path: str | os.PathLike):
     """A saved cure as ``LoadedModel(model, preprocessing)``: the architecture of the model
     it was made from, its padding spec, then its weights (``load_model(name, weights=path)``
     does the same for a name given)."""
-    from .models import load_model  # models reads cures too: imported at call time
-
     blob = read_cure(path)
     if blob is None:
         raise CureError(f"{path} is not a cure (no padding spec): load plain weights with "
                         "load_model(name, weights=path)")
-    return load_model(str(blob["model"]), weights=path)
+    return models.load_model(str(blob["model"]), weights=path)
+
+
+# models restores cures (load_weights_file) and so imports this module: imported last, a
+# cycle that resolves at load time, with ``load`` reading models.load_model at call time.
+from . import models  # noqa: E402

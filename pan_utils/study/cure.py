@@ -237,6 +237,7 @@ def cure_model(model_name: str, settings: Settings, *, progress: bool = True
                     seconds=spent, n_params=log.n_params, **measure(cured))
         del cured
     out = pd.DataFrame(rows)
+    out.insert(1, "label", [point_label(r) for r in rows])
     first = out.iloc[0]  # the original
     out["pans_original"] = int(first["pans"])
     out["pans_share"] = out["pans"] / first["pans"] if first["pans"] else np.nan
@@ -255,7 +256,7 @@ def cure_model(model_name: str, settings: Settings, *, progress: bool = True
 def point_label(row) -> str:
     """A point's name in sentences and figures: 'mean padding', 'mean + BatchNorm',
     'mean + distill 24 (all)', 'PANs border-ablated', 'original'."""
-    r = row if isinstance(row, dict) else row._asdict() if hasattr(row, "_asdict") else row
+    r = row._asdict() if hasattr(row, "_asdict") else row  # a dict, a row or a named tuple
     kind = r["kind"]
     if kind == "original":
         return "original"

@@ -986,8 +986,6 @@ def cure_frontier(cure: pd.DataFrame, models=None, *, goal_agreement: float = 0.
     """Per model: top-1 agreement with the original against the PANs remaining (symlog
     x), every cure and step count a point (a distillation's points joined from its plain
     swap in step order, named once), the original and chapter 3's ablations as references, the goal shaded."""
-    from .cure import point_label
-
     models = _model_order(cure, models)
     fig, axes = plt.subplots(1, len(models), figsize=(6.2 * len(models), 5.0), squeeze=False)
     paddings = list(dict.fromkeys(cure.loc[cure["kind"] != "original", "padding"]))
@@ -1003,7 +1001,7 @@ def cure_frontier(cure: pd.DataFrame, models=None, *, goal_agreement: float = 0.
             ax.scatter(r.pans, r.agreement, marker=_CURE_MARKERS[r.kind], s=110 if ref else 60,
                        color="0.2" if ref else colors[r.padding], edgecolor="white", zorder=3)
             if r.kind != "distill":  # a distillation is named once, below (its run)
-                ax.annotate(point_label(r._asdict()), (r.pans, r.agreement), fontsize=6.5,
+                ax.annotate(r.label, (r.pans, r.agreement), fontsize=6.5,
                             xytext=(4, 4), textcoords="offset points")
         for (pad, params), d in g[g["kind"] == "distill"].groupby(["padding", "params"]):
             start = g[(g["kind"] == "swap") & (g["padding"] == pad)]
@@ -1036,8 +1034,6 @@ def cure_frontier(cure: pd.DataFrame, models=None, *, goal_agreement: float = 0.
 def cure_placement(cure: pd.DataFrame, models=None) -> plt.Figure:
     """Per model and point: agreement with the original when the evidence sits at the
     centre or in a corner, and the share of top-1 predictions a frame changes."""
-    from .cure import point_label
-
     models = _model_order(cure, models)
     fig, axes = plt.subplots(len(models), 1, figsize=(10, 3.3 * len(models)), squeeze=False)
     measures = [("agreement_centre", "agreement, evidence at the centre"),
@@ -1045,7 +1041,7 @@ def cure_placement(cure: pd.DataFrame, models=None) -> plt.Figure:
                 ("frame_effect", "share changed by the frame")]
     for ax, model in zip(axes[:, 0], models):
         g = cure[cure["model"] == model]
-        labels = [point_label(r) for r in g.to_dict("records")]
+        labels = list(g["label"])
         x = np.arange(len(g))
         for k, (col, name) in enumerate(measures):
             ax.bar(x - 0.3 + 0.2 * (k + 0.5), g[col], width=0.19, color=PALETTE[k], label=name)
