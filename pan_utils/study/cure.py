@@ -462,7 +462,7 @@ def cost_lines(cure: pd.DataFrame) -> list[str]:
         label = point_label(r)
         secs = times.get(r["model"], {}).get(label)
         what = (f"{r['steps']} steps, {r['images_seen']} crops, "
-                f"{r['trained_parameters']} parameters trained" if r["kind"] == "distill"
+                f"{r['trained_parameters']:,} parameters trained" if r["kind"] == "distill"
                 else "no training")
         lines.append(f"{r['model']}, {label}: {what}, "
                      + (f"{secs:.1f} s" if secs is not None else "time not recorded"))
