@@ -33,7 +33,7 @@ from torch import nn
 
 from .geometry import pair, same_padding
 from .hooks import eval_mode, hooks
-from .padding import PAD_TYPES, PadModule, discover, is_dynamic_same
+from .padding import PAD_TYPES, PadModule, discover
 from .policy import pad_like
 from .probes import iter_batches
 from .progress import progress_bar
@@ -281,7 +281,7 @@ def trainable_parameters(model: nn.Module, which: str = "all",
         raise CureError(f"no such layer(s): {', '.join(sorted(missing))}")
     out: list[nn.Parameter] = []
     order = list(names)
-    for lay in wanted:
+    for lay in sorted(wanted):
         out += list(names[lay].parameters(recurse=False))
         after = order[order.index(lay) + 1:]
         bn = next((names[n] for n in after if isinstance(names[n], norms)), None)
@@ -317,7 +317,7 @@ class DistillLog:
 
 
 def distill(student: nn.Module, teacher: nn.Module, images: torch.Tensor, *, steps: int,
-            lr: float = 1e-4, batch_size: int = 16, params: str = "all",
+            lr: float = 1e-5, batch_size: int = 16, params: str = "all",
             layers: Iterable[str] = (), mixup: float = 1.0, seed: int = 0,
             progress: bool = False) -> DistillLog:
     """Train ``student`` to match ``teacher``'s logits on unlabeled ``images``, in place.
@@ -332,7 +332,8 @@ def distill(student: nn.Module, teacher: nn.Module, images: torch.Tensor, *, ste
         teacher: the original; not changed.
         images: N×C×H×W crops of the scan split (never the evaluation split).
         steps: Adam steps; 0 returns at once.
-        lr, batch_size: Adam's learning rate and the images per step.
+        lr, batch_size: Adam's learning rate (1e-4 on all parameters destroyed MobileNetV2's
+            agreement on a few photos; docs/METHOD.md §14.2) and the images per step.
         params, layers: what to train (``trainable_parameters``).
         mixup: Beta parameter of the blend; 0 for none.
         seed: seeds the batches and blends.

@@ -15,7 +15,6 @@ and ``cure_findings``.
 
 from __future__ import annotations
 
-import copy
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -340,7 +339,7 @@ def make_cure(model_name: str, settings: Settings, padding: str, *, steps: int =
     seconds = time.perf_counter() - t0
     spec.recovery = {"bn": bool(bn), "steps": int(steps), "params": params, "lr": S.cure_lr,
                      "batch": int(S.cure_batch), "mixup": S.cure_mixup, "seed": int(S.seed),
-                     "seconds": round(seconds, 1)}
+                     "trained_parameters": log.n_params, "seconds": round(seconds, 1)}
     measure = Measure(original, data, S, model_name, ScanStore(), progress=progress)
     measure.set_frame(p.mean, p.std)
     before = measure(original, identity={"variant": "original"})
