@@ -39,7 +39,7 @@ def test_every_regex_has_its_replace_and_compiles():
     ("census: 142.1 models/min, elapsed 0:02:31", "census: 287.0 models/min, elapsed 0:01:02"),
     # paths: the results folder, a scratch copy, a checkout
     ("writing pans: 18 rows -> ../results/tables/pans.csv",
-     "writing pans: 18 rows -> /home/user/project/.cache/nbval/verify/tables/pans.csv"),
+     "writing pans: 18 rows -> /tmp/checkout/.cache/nbval/verify/tables/pans.csv"),
     ("/opt/env/lib/python3.11/site-packages/torch/nn/x.py:123: UserWarning: w",
      "/opt/venv/lib/python3.11/site-packages/torch/nn/x.py:131: UserWarning: w"),
     # progress bars

@@ -52,6 +52,20 @@ class CureError(ValueError):
     file that is not a cure)."""
 
 
+def check_padding(padding: str) -> str:
+    if padding not in PADDINGS:
+        raise CureError(f"padding must be one of {', '.join(PADDINGS)}; got {padding!r}")
+    return padding
+
+
+def _check_plain(name: str, conv: nn.Module) -> None:
+    """Refuse a conv whose forward does more than pad and convolve: replacing it would
+    drop that work."""
+    if type(conv).__name__ not in _PLAIN_CONVS and not isinstance(conv, CuredConv2d):
+        raise CureError(f"cannot re-pad {name}: {type(conv).__name__} is not a plain "
+                        "convolution (its forward does more than pad and convolve)")
+
+
 # --------------------------------------------------------------------------- modules
 
 
@@ -67,8 +81,7 @@ class CurePad(PadModule):
     def __init__(self, padding: Sequence[int], mode: str, channels: int,
                  dynamic: Sequence[int] | None = None):
         super().__init__()
-        if mode not in PADDINGS:
-            raise CureError(f"padding must be one of {', '.join(PADDINGS)}; got {mode!r}")
+        check_padding(mode)
         self.padding = tuple(int(v) for v in padding)
         self.mode = mode
         self.dynamic = tuple(int(v) for v in dynamic) if dynamic else None
@@ -157,16 +170,13 @@ class CureSpec:
 
 def cure_spec(model: nn.Module, padding: str, input_size: int | tuple[int, int]) -> CureSpec:
     """The spec of curing ``model`` at ``input_size``: every conv that pads some side."""
-    if padding not in PADDINGS:
-        raise CureError(f"padding must be one of {', '.join(PADDINGS)}; got {padding!r}")
+    check_padding(padding)
     size = pair(input_size)
     layers = []
     for s in discover(model, size):
         if s.kind == "none":
             continue
-        if type(s.module).__name__ not in _PLAIN_CONVS:
-            raise CureError(f"cannot re-pad {s.name}: {type(s.module).__name__} is not a plain "
-                            "convolution (its forward does more than pad and convolve)")
+        _check_plain(s.name, s.module)
         layers.append({"layer": s.name, "kind": s.kind, "pads": list(s.pads),
                        "pad_module": s.pad_module if s.kind == "pad_module" else None,
                        "dynamic": s.kind == "dynamic_same"})
@@ -185,8 +195,7 @@ def apply_spec(model: nn.Module, spec: CureSpec) -> nn.Module:
     start at 0: a state dict or ``calibrate_means`` sets them)."""
     for row in spec.layers:
         conv = model.get_submodule(row["layer"])
-        if type(conv).__name__ not in _PLAIN_CONVS and not isinstance(conv, CuredConv2d):
-            raise CureError(f"cannot re-pad {row['layer']}: {type(conv).__name__}")
+        _check_plain(row["layer"], conv)
         if row.get("pad_module"):
             _set_module(model, row["pad_module"], nn.Identity())
         for cname, child in list(conv.named_children()):
@@ -209,8 +218,7 @@ def cure_pads(model: nn.Module) -> list[CurePad]:
 
 def set_padding(model: nn.Module, padding: str) -> nn.Module:
     """Switch every ``CurePad`` of a cured model to ``padding`` (mean fills are kept)."""
-    if padding not in PADDINGS:
-        raise CureError(f"padding must be one of {', '.join(PADDINGS)}; got {padding!r}")
+    check_padding(padding)
     for p in cure_pads(model):
         p.mode = padding
     return model
@@ -221,16 +229,17 @@ def calibrate_means(cured: nn.Module, images, *, batch_size: int = 32) -> nn.Mod
     zero-padded original computes it (the pads run in zero mode while measuring)."""
     pads = cure_pads(cured)
     modes = [p.mode for p in pads]
-    sums = {p: torch.zeros(p.mean.numel(), dtype=torch.float64) for p in pads}
+    device = device_of(cured)
+    # summed where the model runs: no host transfer inside the hook, one per pad at the end
+    sums = {p: torch.zeros(p.mean.numel(), dtype=torch.float64, device=device) for p in pads}
     counts = {p: 0 for p in pads}
 
     def pre(mod, args):
         x = args[0].detach()
-        sums[mod] += x.double().sum(dim=(0, 2, 3)).cpu()
+        sums[mod] += x.double().sum(dim=(0, 2, 3))
         counts[mod] += x.shape[0] * x.shape[2] * x.shape[3]
 
     set_padding(cured, "zeros")
-    device = device_of(cured)
     try:
         with eval_mode(cured), torch.inference_mode(), hooks(pre=[(p, pre) for p in pads]):
             for x in iter_batches(images, batch_size):

@@ -42,7 +42,6 @@ from .settings import Settings
 TABLES = ("cure", "cure_loss")
 GOAL_AGREEMENT = 0.90  # the goal: keep at least this top-1 agreement ...
 GOAL_REMOVED = 0.90  # ... while removing at least this share of the PANs
-KINDS = ("original", "ablation", "swap", "bn", "distill")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -58,7 +57,6 @@ class CureData:
     framed: torch.Tensor
     train: torch.Tensor
     probes: Any
-    size: int
 
 
 def cure_data(preprocessing, settings: Settings, size: int) -> CureData:
@@ -78,7 +76,15 @@ def cure_data(preprocessing, settings: Settings, size: int) -> CureData:
     else:
         probes = BundledProbe(settings.cure_n_images, size, seed=int(settings.seed),
                               split="scan", mean=p.mean, std=p.std, channels=p.channels)
-    return CureData(ev, placed, framed, train, probes, size)
+    return CureData(ev, placed, framed, train, probes)
+
+
+def _original(model_name: str, settings: Settings):
+    """(original on the settings' device, its preprocessing, input size, the cure's data)."""
+    loaded = load_model(model_name)
+    original, p = loaded.model.to(torch.device(settings.device)).eval(), loaded.preprocessing
+    size = int(settings.image_size or p.input_size[0])
+    return original, p, size, cure_data(p, settings, size)
 
 
 # --------------------------------------------------------------------------- measures
@@ -106,7 +112,7 @@ class Measure:
     original's logits are computed once."""
 
     def __init__(self, original: nn.Module, data: CureData, settings: Settings, name: str,
-                 store: ScanStore, progress: bool = False):
+                 store: ScanStore, mean, std, progress: bool = False):
         self.original, self.data, self.S, self.name = original, data, settings, name
         self.store, self.progress = store, progress
         self.device = torch.device(settings.device)
@@ -115,12 +121,9 @@ class Measure:
         self.ref = _logits(original, data.eval, none, bs, self.device)
         self.ref_placed = {k: _logits(original, v, none, bs, self.device)
                            for k, v in data.placed.items()}
-        self.frame_name, self.frame = "", None
-
-    def set_frame(self, mean, std) -> None:
-        S = self.S
-        self.frame_name = f"{S.cure_frame_fill} {S.cure_frame_width}px"
-        self.frame = frame_transform(S.cure_frame_width, S.cure_frame_fill, mean, std)
+        self.frame_name = f"{settings.cure_frame_fill} {settings.cure_frame_width}px"
+        self.frame = frame_transform(settings.cure_frame_width, settings.cure_frame_fill,
+                                     mean, std)
 
     def pans(self, model: nn.Module, context=None, identity: dict | None = None) -> int:
         """PANs of the variant by the study's rule (its own padding, the circular null) on
@@ -128,7 +131,7 @@ class Measure:
         S = self.S
         run = context or (lambda m: nullcontext(m))
         with run(model):
-            scores = stored_scan(model, self.data.probes, null=True,
+            scores = stored_scan(model, self.data.probes, store=self.store, null=True,
                                  batch_size=int(S.batch_size), device=self.device,
                                  progress=self.progress, desc=f"scan {self.name}",
                                  identity={"chapter": "cure", "model_name": self.name,
@@ -180,14 +183,8 @@ def cure_model(model_name: str, settings: Settings, *, progress: bool = True
     """Every chapter-7 row of one classifier: the original, chapter 3's ablations, and
     every cure of ``cure_grid`` (distillations at each step count)."""
     S = settings
-    loaded = load_model(model_name)
-    device = torch.device(S.device)
-    original, p = loaded.model.to(device).eval(), loaded.preprocessing
-    size = int(S.image_size or p.input_size[0])
-    data = cure_data(p, S, size)
-    store = ScanStore()
-    measure = Measure(original, data, S, model_name, store, progress=False)
-    measure.set_frame(p.mean, p.std)
+    original, p, size, data = _original(model_name, S)
+    measure = Measure(original, data, S, model_name, ScanStore(), p.mean, p.std)
     rows, losses, timings = [], [], {}
 
     def add(kind, padding, recovery="", params="", steps=0, seconds=None, n_params=0, **m):
@@ -318,11 +315,7 @@ def make_cure(model_name: str, settings: Settings, padding: str, *, steps: int =
             f"{model_name} is a {model_task(model_name)} model: a cure is measured by top-1 "
             "agreement with the original, which needs a classifier (the engine, "
             "pan_utils.engine.cure, re-pads any model)")
-    loaded = load_model(model_name)
-    device = torch.device(S.device)
-    original, p = loaded.model.to(device).eval(), loaded.preprocessing
-    size = int(S.image_size or p.input_size[0])
-    data = cure_data(p, S, size)
+    original, p, size, data = _original(model_name, S)
     t0 = time.perf_counter()
     cured, spec = engine_cure.swap_padding(original, padding, size,
                                            calibration=data.train[:S.cure_n_images],
@@ -340,8 +333,8 @@ def make_cure(model_name: str, settings: Settings, padding: str, *, steps: int =
     spec.recovery = {"bn": bool(bn), "steps": int(steps), "params": params, "lr": S.cure_lr,
                      "batch": int(S.cure_batch), "mixup": S.cure_mixup, "seed": int(S.seed),
                      "trained_parameters": log.n_params, "seconds": round(seconds, 1)}
-    measure = Measure(original, data, S, model_name, ScanStore(), progress=progress)
-    measure.set_frame(p.mean, p.std)
+    measure = Measure(original, data, S, model_name, ScanStore(), p.mean, p.std,
+                      progress=progress)
     before = measure(original, identity={"variant": "original"})
     after = measure(cured)
     what = f"{padding} padding" + (", BatchNorm recalibrated" if bn else "") + (
